@@ -1,0 +1,156 @@
+"""Import of the released formats and the pipeline's own, export, and refusals."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from dmae_pipeline.io import atomic_torch_save, safe_torch_load
+from dmae_pipeline.models import (
+    build_classifier,
+    build_dmae,
+    export_finetuned,
+    export_pretrained,
+    load_pretrained,
+)
+from dmae_pipeline.models.pos_embed import interpolate_pos_embed
+
+BLOCK = {
+    "norm1.weight": lambda d: (d,),
+    "norm1.bias": lambda d: (d,),
+    "attn.qkv.weight": lambda d: (3 * d, d),
+    "attn.qkv.bias": lambda d: (3 * d,),
+    "attn.proj.weight": lambda d: (d, d),
+    "attn.proj.bias": lambda d: (d,),
+    "norm2.weight": lambda d: (d,),
+    "norm2.bias": lambda d: (d,),
+    "mlp.fc1.weight": lambda d: (4 * d, d),
+    "mlp.fc1.bias": lambda d: (4 * d,),
+    "mlp.fc2.weight": lambda d: (d, 4 * d),
+    "mlp.fc2.bias": lambda d: (d,),
+}
+
+
+def released_dmae_state(dim=32, depth=2, dec=16, dec_depth=1, grid=2, p=4, c=3) -> dict:
+    """A state dict written by hand with the released DMAE key names and shapes."""
+    g = torch.Generator().manual_seed(0)
+    shapes = {
+        "cls_token": (1, 1, dim),
+        "pos_embed": (1, 1 + grid * grid, dim),
+        "patch_embed.proj.weight": (dim, c, p, p),
+        "patch_embed.proj.bias": (dim,),
+        "norm.weight": (dim,),
+        "norm.bias": (dim,),
+        "mask_token": (1, 1, dec),
+        "decoder_embed.weight": (dec, dim),
+        "decoder_embed.bias": (dec,),
+        "decoder_pos_embed": (1, 1 + grid * grid, dec),
+        "decoder_norm.weight": (dec,),
+        "decoder_norm.bias": (dec,),
+        "decoder_pred.weight": (p * p * c, dec),
+        "decoder_pred.bias": (p * p * c,),
+    }
+    for i in range(depth):
+        shapes.update({f"blocks.{i}.{k}": f(dim) for k, f in BLOCK.items()})
+    for i in range(dec_depth):
+        shapes.update({f"decoder_blocks.{i}.{k}": f(dec) for k, f in BLOCK.items()})
+    return {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+
+
+def test_released_dmae_file_of_another_grid_loads_into_a_dmae(tiny, tmp_path):
+    released = released_dmae_state(grid=2)  # trained at 8x8 inputs
+    path = tmp_path / "dmae_tiny_sigma_0.25.pth"
+    torch.save(released, path)
+    model = build_dmae("tiny", **tiny)  # 16x16 inputs: a 4x4 grid
+    missing, unexpected = load_pretrained(model, path)
+    assert missing == [] and unexpected == []
+    state = model.state_dict()
+    for key in ("pos_embed", "decoder_pos_embed"):
+        assert state[key].shape[1] == 1 + 16
+        torch.testing.assert_close(state[key], interpolate_pos_embed(released[key], 4))
+        torch.testing.assert_close(state[key][:, 0], released[key][:, 0])
+    for key, value in released.items():
+        if "pos_embed" not in key:
+            assert torch.equal(state[key], value), key
+
+
+def test_released_dmae_file_into_a_classifier_reports_the_rest(tiny_encoder, caplog):
+    released = released_dmae_state(grid=4)
+    model = build_classifier("tiny", 10, **tiny_encoder)
+    with caplog.at_level(logging.INFO, logger="dmae_pipeline.models.checkpoint"):
+        missing, unexpected = load_pretrained(model, released)
+    assert sorted(missing) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    assert "mask_token" in unexpected and "norm.weight" in unexpected
+    assert {k for k in unexpected if k.startswith("decoder_blocks.")} == {
+        f"decoder_blocks.0.{k}" for k in BLOCK
+    }
+    assert torch.equal(model.blocks[1].attn.qkv.weight, released["blocks.1.attn.qkv.weight"])
+    assert torch.equal(model.pos_embed.detach(), released["pos_embed"])
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "Missing" in message and "head.weight" in message
+    assert "decoder_blocks.* (12)" in message
+
+
+def test_finetuned_shape_with_wrapper_prefix_loads(tiny_encoder, tmp_path):
+    source = build_classifier("tiny", 10, **tiny_encoder)
+    wrapped = {f"module.{k}": v for k, v in source.state_dict().items()}
+    path = tmp_path / "finetuned.pth"
+    checkpoint = {"model": wrapped, "optimizer": {}, "epoch": 3, "args": {"lr": 1e-3}}
+    atomic_torch_save({**checkpoint, "config": source.config}, path)
+    model = build_classifier("tiny", 10, **tiny_encoder)
+    assert load_pretrained(model, path) == ([], [])
+    x = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(model.eval()(x), source.eval()(x))
+
+
+def test_shape_mismatch_is_refused_naming_the_key(tiny):
+    wider = build_dmae("tiny", **{**tiny, "embed_dim": 48})
+    model = build_dmae("tiny", **tiny)
+    with pytest.raises(ValueError, match=r"'cls_token' has shape \(1, 1, 48\).*\(1, 1, 32\)"):
+        load_pretrained(model, wider.state_dict())
+    deeper = build_dmae("tiny", **{**tiny, "depth": 3})
+    with pytest.raises(ValueError, match="3 'blocks' but the model has 2"):
+        load_pretrained(model, deeper.state_dict())
+    other_patch = released_dmae_state(p=2, grid=8)
+    with pytest.raises(ValueError, match=r"patch_embed\.proj\.weight"):
+        load_pretrained(model, other_patch)
+
+
+def test_unusable_sources_are_refused(tiny, tmp_path):
+    model = build_dmae("tiny", **tiny)
+    with pytest.raises(FileNotFoundError, match=r"missing\.pth"):
+        load_pretrained(model, tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="not a state dict"):
+        load_pretrained(model, {"model": {"a": 1}})
+    with pytest.raises(ValueError, match="shares no parameter name"):
+        load_pretrained(model, {"encoder.weight": torch.zeros(2)})
+
+
+def test_export_then_load_round_trip(tiny, tmp_path):
+    source = build_dmae("tiny", **tiny)
+    path = tmp_path / "dmae_pretrained.pth"
+    export_pretrained(source, path)
+    plain = safe_torch_load(path)
+    assert set(plain) == set(source.state_dict())  # the released plain format
+    torch.manual_seed(99)
+    model = build_dmae("tiny", **tiny)
+    assert load_pretrained(model, path) == ([], [])
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    imgs = torch.rand(2, 3, 16, 16)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(model(imgs, generator=gen())[0], source(imgs, generator=gen())[0])
+
+
+def test_export_finetuned_format(tiny_encoder, tmp_path):
+    source = build_classifier("tiny", 4, **tiny_encoder)
+    path = tmp_path / "finetuned.pth"
+    export_finetuned(source, path, epoch=7, args={"sigma": 0.25})
+    checkpoint = safe_torch_load(path)
+    assert set(checkpoint) == {"model", "epoch", "args"}
+    assert checkpoint["epoch"] == 7 and checkpoint["args"] == {"sigma": 0.25}
+    model = build_classifier("tiny", 4, **tiny_encoder)
+    assert load_pretrained(model, path) == ([], [])
+    assert torch.equal(model.head.weight, source.head.weight)

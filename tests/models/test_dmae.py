@@ -1,0 +1,233 @@
+"""The DMAE forward pass: corruption order, masking, loss, names, sizes and argument checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+
+from dmae_pipeline.models import build_classifier, build_dmae
+from dmae_pipeline.models.pos_embed import sincos_pos_embed_2d
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def by_hand_patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def released_names(depth: int, decoder_depth: int) -> set[str]:
+    block = [
+        f"{n}.{t}"
+        for n in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+        for t in ("weight", "bias")
+    ]
+    names = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"}
+    names |= {f"blocks.{i}.{b}" for i in range(depth) for b in block}
+    names |= {"norm.weight", "norm.bias", "mask_token", "decoder_pos_embed"}
+    names |= {f"decoder_{n}.{t}" for n in ("embed", "norm", "pred") for t in ("weight", "bias")}
+    names |= {f"decoder_blocks.{i}.{b}" for i in range(decoder_depth) for b in block}
+    return names
+
+
+def test_state_dict_names_are_the_released_and_timm_ones(tiny):
+    model = build_dmae("tiny", **tiny)
+    state = model.state_dict()
+    assert set(state) == released_names(tiny["depth"], tiny["decoder_depth"])
+    assert state["pos_embed"].shape == (1, 1 + 16, 32)
+    assert state["decoder_pos_embed"].shape == (1, 1 + 16, 16)
+    vit = VisionTransformer(
+        img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=0
+    )
+    encoder = {k for k in state if k != "mask_token" and not k.startswith("decoder")}
+    assert encoder == set(vit.state_dict())
+    assert all(m.eps == 1e-6 for m in model.modules() if isinstance(m, torch.nn.LayerNorm))
+    assert model.blocks[0].attn.qkv.bias is not None
+
+
+def test_position_tables_are_fixed_sincos(tiny):
+    model = build_dmae("tiny", **tiny)
+    assert not model.pos_embed.requires_grad and not model.decoder_pos_embed.requires_grad
+    assert torch.equal(model.pos_embed, sincos_pos_embed_2d(32, 4))
+    assert torch.equal(model.decoder_pos_embed, sincos_pos_embed_2d(16, 4))
+    loss, _, _ = model(torch.rand(2, 3, 16, 16), generator=seeded())
+    loss.backward()
+    assert model.pos_embed.grad is None
+    assert model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert model.decoder_pred.weight.grad.abs().sum() > 0
+
+
+def test_noise_is_added_at_native_resolution_before_resize(tiny, monkeypatch):
+    """sigma 0 vs 0.5 with one seed: same target and mask, encoder inputs differ by exactly the
+    resized noise; the noise is drawn at the native 8x8 size, in float32."""
+    clean_model = build_dmae("tiny", **tiny, sigma=0.0)
+    noisy_model = build_dmae("tiny", **tiny, sigma=0.5)
+    noisy_model.load_state_dict(clean_model.state_dict())
+    delta = torch.zeros(2, 3, 8, 8)
+    delta[:, :, 3, 4] = 1.0
+    draws = []
+
+    def fake_randn(size, generator=None, device=None, dtype=None):
+        draws.append((tuple(size), dtype))
+        return delta.clone()
+
+    monkeypatch.setattr(torch, "randn", fake_randn)
+    seen = []
+    for m in (clean_model, noisy_model):
+        m.patch_embed.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach()))
+    imgs = torch.rand(2, 3, 8, 8)
+    out0 = clean_model.reconstruct(imgs, generator=seeded(1))
+    assert draws == []  # sigma 0 draws no pixel noise
+    out1 = noisy_model.reconstruct(imgs, generator=seeded(1))
+    assert draws == [((2, 3, 8, 8), torch.float32)]
+
+    mean, std = clean_model.mean, clean_model.std
+    up = F.interpolate(imgs, size=(16, 16), mode="bicubic", align_corners=False)
+    expected_clean = (up - mean) / std
+    torch.testing.assert_close(out0.clean, expected_clean)
+    torch.testing.assert_close(out1.clean, expected_clean)
+    torch.testing.assert_close(seen[0], expected_clean)
+    noise_up = F.interpolate(0.5 * delta, size=(16, 16), mode="bicubic", align_corners=False) / std
+    torch.testing.assert_close(seen[1] - seen[0], noise_up, atol=1e-5, rtol=0)
+    assert (noise_up.abs() > 1e-3).sum() > 2 * 3 * 4  # the bicubic resize spread the noise
+    assert torch.equal(out0.mask, out1.mask)
+
+
+def test_draws_come_from_the_generator(tiny):
+    model = build_dmae("tiny", **tiny)
+    imgs = torch.rand(4, 3, 16, 16)
+    torch.manual_seed(123)
+    global_state = torch.get_rng_state()
+    a = model(imgs, generator=seeded(5))
+    assert torch.equal(torch.get_rng_state(), global_state)
+    b = model(imgs, generator=seeded(5))
+    c = model(imgs, generator=seeded(6))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+    assert not torch.equal(a[2], c[2])
+
+
+def test_mask_counts_per_sample(tiny):
+    model = build_dmae("tiny", **tiny)
+    shapes = []
+    model.blocks[0].register_forward_pre_hook(lambda mod, args: shapes.append(args[0].shape))
+    imgs = torch.rand(6, 3, 16, 16)
+    _, pred, mask = model(imgs, generator=seeded())
+    assert pred.shape == (6, 16, 4 * 4 * 3)
+    assert mask.shape == (6, 16)
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    assert mask.sum(dim=1).tolist() == [12.0] * 6
+    assert len({tuple(row.tolist()) for row in mask}) > 1  # per-sample masks
+    assert shapes[-1] == (6, 1 + 4, 32)  # cls + the 4 visible patches
+    _, _, mask = model(imgs, mask_ratio=0.5, generator=seeded())
+    assert mask.sum(dim=1).tolist() == [8.0] * 6
+    _, _, mask = model(imgs, mask_ratio=0.0, generator=seeded())
+    assert mask.sum() == 0 and shapes[-1] == (6, 17, 32)
+
+
+def test_loss_over_all_patches_or_masked_ones_by_hand(tiny):
+    all_model = build_dmae("tiny", **tiny, loss_on="all")
+    masked_model = build_dmae("tiny", **tiny, loss_on="masked", sigma=0.0)
+    masked_model.load_state_dict(all_model.state_dict())
+    imgs = torch.rand(3, 3, 12, 12)
+    for model in (all_model, masked_model):
+        out = model.reconstruct(imgs, generator=seeded(2))
+        target = by_hand_patchify(out.clean, 4)
+        target = (target - target.mean(-1, keepdim=True)) / (
+            target.var(-1, keepdim=True) + 1e-6
+        ).sqrt()
+        per_patch = ((out.pred - target) ** 2).mean(-1)
+        if model.loss_on == "all":
+            expected = per_patch.mean()
+        else:
+            expected = (per_patch * out.mask).sum() / out.mask.sum()
+            assert not torch.isclose(expected, per_patch.mean())
+        torch.testing.assert_close(out.loss, expected)
+
+
+def test_norm_pix_target_and_patch_layout(tiny):
+    model = build_dmae("tiny", **tiny)
+    imgs = torch.rand(2, 3, 16, 16)
+    patches = model.patchify(imgs)
+    torch.testing.assert_close(patches, by_hand_patchify(imgs, 4))
+    torch.testing.assert_close(
+        patches[:, 1], imgs[:, :, :4, 4:8].permute(0, 2, 3, 1).reshape(2, -1)
+    )
+    torch.testing.assert_close(model.unpatchify(patches), imgs)
+    target = model.target_patches(imgs)
+    torch.testing.assert_close(target.mean(-1), torch.zeros(2, 16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(target.var(-1), torch.ones(2, 16), atol=1e-3, rtol=0)
+    raw = build_dmae("tiny", **tiny, norm_pix_loss=False)
+    torch.testing.assert_close(raw.target_patches(imgs), patches)
+
+
+def test_encoder_parameter_counts_without_forward():
+    def encoder_params(model):
+        return sum(
+            p.numel()
+            for n, p in model.named_parameters()
+            if not n.startswith(("decoder", "mask_token", "head", "fc_norm"))
+        )
+
+    with torch.device("meta"):
+        base, large = build_dmae("base"), build_dmae("large")
+        classifier = build_classifier("base", num_classes=1000)
+    assert 85.5e6 < encoder_params(base) < 87.0e6  # ViT-B/16 encoder: ~86M
+    assert 302.5e6 < encoder_params(large) < 305.0e6  # ViT-L/16 encoder: ~304M
+    # the classifier's encoder is the same network (fc_norm replaces the final norm)
+    assert encoder_params(classifier) + 2 * 768 == encoder_params(base)
+    assert base.config["decoder_embed_dim"] == 512 and base.config["decoder_depth"] == 8
+    assert large.config["decoder_num_heads"] == 16
+
+
+def test_config_rebuilds_the_model_and_mae_is_a_setting(tiny):
+    model = build_dmae("tiny", **tiny, sigma=0.5, mean=[0.5] * 3, std=[0.25] * 3)
+    again = build_dmae(**model.config)
+    assert again.config == model.config
+    assert {k: v.shape for k, v in again.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
+    assert (model.sigma, model.mask_ratio, model.loss_on, model.norm_pix_loss) == (
+        0.5,
+        0.75,
+        "all",
+        True,
+    )
+    mae = build_dmae("tiny", **tiny, sigma=0.0, loss_on="masked")
+    assert (mae.sigma, mae.loss_on) == (0.0, "masked")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [
+        ({"patch_size": 5}, "patch_size"),
+        ({"mask_ratio": 1.0}, "mask_ratio"),
+        ({"mask_ratio": -0.1}, "mask_ratio"),
+        ({"sigma": -0.25}, "sigma"),
+        ({"loss_on": "visible"}, "loss_on"),
+        ({"loss_on": "masked", "mask_ratio": 0.0}, "mask_ratio"),
+        ({"embed_dim": 30}, "embed_dim"),
+        ({"decoder_embed_dim": 18}, "decoder_embed_dim"),
+        ({"mean": [0.5]}, "mean"),
+        ({"std": [0.5, 0.0, 0.5]}, "std"),
+        ({"depth": 0}, "depth"),
+        ({"dropout": 0.1}, "dropout"),
+    ],
+)
+def test_bad_arguments_are_refused(tiny, overrides, name):
+    with pytest.raises(ValueError, match=name):
+        build_dmae("tiny", **{**tiny, **overrides})
+
+
+def test_bad_preset_and_forward_arguments(tiny):
+    with pytest.raises(ValueError, match="preset"):
+        build_dmae("huge")
+    model = build_dmae("tiny", **tiny)
+    with pytest.raises(ValueError, match="mask_ratio"):
+        model(torch.rand(1, 3, 16, 16), mask_ratio=1.0)
+    with pytest.raises(ValueError, match="imgs"):
+        model(torch.rand(1, 1, 16, 16))
