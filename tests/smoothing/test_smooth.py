@@ -1,0 +1,192 @@
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binom, binomtest, norm
+
+from dmae_pipeline.smoothing import Smooth, lower_confidence_bound
+
+from .toys import BernoulliModel, ConstantModel, LinearModel, Recorder
+
+CENTER, SIGMA = 0.5, 0.25
+X1 = torch.full((1,), CENTER)  # a one-pixel input for the Bernoulli model
+
+
+def bernoulli_smooth(p_a: float, seed: int) -> Smooth:
+    return Smooth(BernoulliModel(p_a, CENTER, SIGMA), num_classes=2, sigma=SIGMA, seed=seed)
+
+
+def test_false_certification_rate_is_at_most_alpha():
+    """With true pA known, P(pA_lower > pA) <= alpha; Clopper-Pearson's exact rate is computable."""
+    p_a, n0, n, alpha, trials = 0.7, 100, 100, 0.05, 2000
+    smooth = bernoulli_smooth(p_a, seed=0)
+    certs = [smooth.certify_detailed(X1, n0, n, alpha, batch_size=n) for _ in range(trials)]
+    c_hat = np.array([c.c_hat for c in certs])
+    p_lower = np.array([c.p_a_lower for c in certs])
+    n_a = np.array([c.n_a for c in certs])
+    true_p = np.where(c_hat == 0, p_a, 1 - p_a)
+    false = int(np.sum(p_lower > true_p))
+    # no evidence that the false-certification rate exceeds alpha
+    assert binomtest(false, trials, alpha, alternative="greater").pvalue > 1e-3
+    # and it matches the exact rate P(N_A >= k*), k* the least count whose bound exceeds pA
+    bounds = lower_confidence_bound(np.arange(n + 1), n, alpha)
+    k_star = int(np.argmax(bounds > p_a))
+    exact = binom.sf(k_star - 1, n, p_a)
+    assert 0.04 < exact <= alpha  # the setting is one where the test has power
+    on_top = c_hat == 0
+    assert binomtest(int(np.sum(p_lower[on_top] > p_a)), int(on_top.sum()), exact).pvalue > 1e-3
+    # the counts themselves are Binomial(n, pA)
+    assert np.mean(n_a[on_top]) == pytest.approx(
+        n * p_a, abs=4 * np.sqrt(n * p_a * (1 - p_a) / trials)
+    )
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "cls", "n", "alpha"), [(2, 1, 1000, 0.001), (5, 3, 250, 0.05)]
+)
+def test_constant_classifier_certifies_the_all_successes_radius(num_classes, cls, n, alpha):
+    smooth = Smooth(ConstantModel(num_classes, cls), num_classes, sigma=0.5, seed=0)
+    prediction, radius = smooth.certify(torch.rand(3, 4, 4), 20, n, alpha, batch_size=64)
+    assert prediction == cls
+    assert radius == 0.5 * norm.ppf(lower_confidence_bound(n, n, alpha))
+    cert = smooth.certify_detailed(torch.rand(3, 4, 4), 20, n, alpha, batch_size=64)
+    assert (cert.c_hat, cert.n_a, cert.n, cert.radius) == (cls, n, n, radius)
+
+
+def test_certify_abstains_when_the_bound_is_below_one_half():
+    smooth = Smooth(ConstantModel(3, 2), 3, sigma=0.5, seed=0)
+    # one success out of one: the bound is alpha itself
+    assert smooth.certify(torch.rand(2, 2), 1, 1, 0.05, batch_size=1) == (Smooth.ABSTAIN, 0.0)
+    cert = bernoulli_smooth(0.5, seed=1).certify_detailed(X1, 100, 1000, 0.001, batch_size=256)
+    assert cert.prediction == Smooth.ABSTAIN and cert.radius == 0.0 and cert.p_a_lower < 0.5
+
+
+def test_predict_abstains_on_a_coin_flip_and_answers_a_confident_classifier():
+    assert bernoulli_smooth(0.5, seed=0).predict(X1, 1000, 0.001, batch_size=300) == Smooth.ABSTAIN
+    assert bernoulli_smooth(0.9, seed=0).predict(X1, 1000, 0.001, batch_size=300) == 0
+    assert bernoulli_smooth(0.1, seed=0).predict(X1, 1000, 0.001, batch_size=300) == 1
+    constant = Smooth(ConstantModel(7, 5), 7, sigma=0.25, seed=0)
+    assert constant.predict(torch.rand(3, 2, 2), 100, 0.001, batch_size=30) == 5
+
+
+def test_predict_answers_a_coin_flip_at_most_alpha_of_the_time():
+    smooth, alpha, trials = bernoulli_smooth(0.5, seed=2), 0.05, 400
+    answered = sum(smooth.predict(X1, 100, alpha, batch_size=100) != -1 for _ in range(trials))
+    assert binomtest(answered, trials, alpha, alternative="greater").pvalue > 1e-3
+
+
+def noisy_inputs(batch_size: int, num: int = 250, noise_chunk: int = 100, **kwargs):
+    recorder = Recorder(LinearModel(3 * 4 * 4, 10))
+    smooth = Smooth(recorder, 10, sigma=0.5, seed=7, noise_chunk=noise_chunk, **kwargs)
+    x = torch.linspace(0, 1, 48).reshape(3, 4, 4)
+    counts = smooth._sample_counts(x, num, batch_size, smooth._prepare(x, batch_size, None)[1])
+    return recorder, counts
+
+
+@pytest.mark.parametrize(
+    ("noise_chunk", "batch_sizes"), [(100, (1, 7, 100, 120, 1000)), (64, (5, 64, 300))]
+)
+def test_noise_and_counts_do_not_depend_on_batch_size(noise_chunk, batch_sizes):
+    runs = [noisy_inputs(b, noise_chunk=noise_chunk) for b in batch_sizes]
+    reference_inputs, reference_counts = runs[0][0].seen(), runs[0][1]
+    assert reference_inputs.shape == (250, 3, 4, 4) and int(reference_counts.sum()) == 250
+    for recorder, counts in runs[1:]:
+        assert torch.equal(recorder.seen(), reference_inputs)
+        assert torch.equal(counts, reference_counts)
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "calls"), [(100, [100, 100, 50]), (120, [120, 120, 10]), (1000, [250])]
+)
+def test_batches_are_full_but_the_last(batch_size, calls):
+    recorder, _ = noisy_inputs(batch_size)
+    assert [len(batch) for batch in recorder.inputs] == calls
+
+
+def test_noise_is_gaussian_with_sigma_in_pixel_space():
+    recorder, _ = noisy_inputs(500, num=4000)
+    x = torch.linspace(0, 1, 48).reshape(3, 4, 4)
+    noise = recorder.seen() - x
+    assert recorder.seen().dtype == torch.float32
+    assert noise.mean().item() == pytest.approx(0.0, abs=0.005)
+    assert noise.std().item() == pytest.approx(0.5, abs=0.005)
+
+
+def test_same_seed_reproduces_and_the_stream_continues():
+    x = torch.linspace(0, 1, 16).reshape(1, 4, 4)
+
+    def run(seed=None, generator=None, calls=1):
+        recorder = Recorder(LinearModel(16, 4))
+        smooth = Smooth(recorder, 4, sigma=0.25, seed=seed)
+        certs = [smooth.certify_detailed(x, 10, 90, 0.01, 32, generator) for _ in range(calls)]
+        return recorder.seen(), certs
+
+    first, certs = run(seed=3, calls=2)
+    again, certs_again = run(seed=3, calls=2)
+    assert torch.equal(first, again) and certs == certs_again
+    assert not torch.equal(first[:100], first[100:])  # the second call draws fresh noise
+    from_generator, _ = run(generator=torch.Generator().manual_seed(3))
+    assert torch.equal(from_generator, first[:100])
+    other_seed, _ = run(seed=4)
+    assert not torch.equal(other_seed, first[:100])
+    unseeded, _ = run(seed=None)
+    assert not torch.equal(unseeded, first[:100])
+
+
+def test_autocast_runs_the_model_in_low_precision_but_keeps_noise_float32():
+    plain, _ = noisy_inputs(100)
+    mixed, mixed_counts = noisy_inputs(100, autocast_dtype=torch.bfloat16)
+    assert all(mixed.autocast) and not any(plain.autocast)
+    assert set(mixed.output_dtypes) == {torch.bfloat16}
+    assert {batch.dtype for batch in mixed.inputs} == {torch.float32}
+    assert torch.equal(mixed.seen(), plain.seen())
+    assert int(mixed_counts.sum()) == 250
+
+
+def test_float64_input_is_certified_in_float32():
+    recorder = Recorder(LinearModel(4, 3))
+    Smooth(recorder, 3, sigma=0.25, seed=0).certify(
+        torch.rand(4, dtype=torch.float64), 5, 5, 0.1, 5
+    )
+    assert {batch.dtype for batch in recorder.inputs} == {torch.float32}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n0": 0}, "n0"),
+        ({"n": 2.5}, "n must"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"x": torch.ones(4, dtype=torch.uint8)}, "x must"),
+    ],
+)
+def test_certify_rejects_bad_arguments(kwargs, match):
+    smooth = Smooth(ConstantModel(3, 0), 3, sigma=0.25, seed=0)
+    args = {"x": torch.rand(4), "n0": 10, "n": 10, "alpha": 0.01, "batch_size": 4} | kwargs
+    with pytest.raises(ValueError, match=match):
+        smooth.certify(**args)
+
+
+def test_constructor_and_model_checks():
+    with pytest.raises(ValueError, match="sigma"):
+        Smooth(ConstantModel(3, 0), 3, sigma=0.0)
+    with pytest.raises(ValueError, match="num_classes"):
+        Smooth(ConstantModel(3, 0), 1, sigma=0.25)
+    with pytest.raises(ValueError, match="noise_chunk"):
+        Smooth(ConstantModel(3, 0), 3, sigma=0.25, noise_chunk=0)
+    wrong_width = Smooth(ConstantModel(5, 0), 3, sigma=0.25, seed=0)
+    with pytest.raises(ValueError, match=r"num_classes=3"):
+        wrong_width.predict(torch.rand(4), 10, 0.01, 4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_counting_never_waits_for_the_device():
+    smooth = Smooth(LinearModel(48, 10).cuda(), 10, sigma=0.5, seed=0)
+    x = torch.rand(3, 4, 4, device="cuda")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        counts = smooth._sample_counts(x, 1000, 64, generator)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert counts.device.type == "cuda" and int(counts.sum()) == 1000
