@@ -1,0 +1,27 @@
+"""The training engine shared by every training pipeline, and its losses (no Kedro imports)."""
+
+from dmae_pipeline.training.checkpoint import load_best, load_checkpoint
+from dmae_pipeline.training.config import validate_cfg
+from dmae_pipeline.training.device import autocast_dtype, resolve_device
+from dmae_pipeline.training.engine import NonFiniteLossError, derive_seed, fit
+from dmae_pipeline.training.losses import LossFn, consistency_loss, noisy_classification_loss
+from dmae_pipeline.training.optim import build_optimizer, weight_decay_groups
+from dmae_pipeline.training.schedule import lr_at, peak_lr
+
+__all__ = [
+    "LossFn",
+    "NonFiniteLossError",
+    "autocast_dtype",
+    "build_optimizer",
+    "consistency_loss",
+    "derive_seed",
+    "fit",
+    "load_best",
+    "load_checkpoint",
+    "lr_at",
+    "noisy_classification_loss",
+    "peak_lr",
+    "resolve_device",
+    "validate_cfg",
+    "weight_decay_groups",
+]

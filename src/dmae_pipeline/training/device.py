@@ -1,0 +1,54 @@
+"""Device, mixed precision and CPU determinism for the training engine."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` picks CUDA when available, else the CPU; ``"cuda"`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    expected = f"cfg['device']: expected 'auto', 'cpu' or 'cuda[:N]', got {name!r}"
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(expected) from e
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(expected)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("cfg['device']: 'cuda' was requested but no CUDA device is available")
+    return device
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device``; None means full fp32.
+
+    ``"auto"`` is bf16 on CUDA (no loss scaling needed) and fp32 on the CPU.
+    """
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("cfg['amp']: 'fp16' needs a CUDA device; use 'bf16' or 'off' on the CPU")
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+@contextmanager
+def runtime(device: torch.device, num_threads: int | None):
+    """Deterministic kernels on the CPU and a fixed thread count; both restored on exit."""
+    prev_deterministic = torch.are_deterministic_algorithms_enabled()
+    prev_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_threads = torch.get_num_threads()
+    try:
+        if device.type == "cpu":
+            torch.use_deterministic_algorithms(True)
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev_deterministic, warn_only=prev_warn_only)
+        torch.set_num_threads(prev_threads)

@@ -1,0 +1,222 @@
+"""Consistency regularization (Jeong & Shin 2020) and the noisy classification loss factory."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+from dmae_pipeline.training import consistency_loss, noisy_classification_loss
+
+
+def test_hand_computed_case():
+    # One sample, two classes, two copies: p_1 = (1/2, 1/2), p_2 = (3/4, 1/4), label 0.
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
+    labels = torch.tensor([0])
+    p_hat = (0.625, 0.375)
+    ce = (-math.log(0.5) - math.log(0.75)) / 2
+    kl_1 = p_hat[0] * math.log(0.625 / 0.5) + p_hat[1] * math.log(0.375 / 0.5)
+    kl_2 = p_hat[0] * math.log(0.625 / 0.75) + p_hat[1] * math.log(0.375 / 0.25)
+    entropy = -(p_hat[0] * math.log(p_hat[0]) + p_hat[1] * math.log(p_hat[1]))
+    lam, eta = 2.0, 0.5
+    expected = ce + lam * (kl_1 + kl_2) / 2 + eta * entropy
+    got = consistency_loss(logits, labels, m=2, lam=lam, eta=eta)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def _per_sample_reference(logits, labels, m, lam, eta):
+    """The formula sample by sample, with copy i of sample b taken from row i*B + b."""
+    b = len(labels)
+    total = 0.0
+    for s in range(b):
+        rows = logits[[i * b + s for i in range(m)]].double()
+        p = rows.softmax(-1)
+        p_hat = p.mean(0)
+        ce = -rows.log_softmax(-1)[:, labels[s]].mean()
+        kl = (p_hat * (p_hat.log() - p.log())).sum(-1).mean()
+        entropy = -(p_hat * p_hat.log()).sum()
+        total += ce + lam * kl + eta * entropy
+    return total / b
+
+
+def test_block_layout_matches_the_per_sample_formula():
+    g = torch.Generator().manual_seed(0)
+    m, b, k = 3, 4, 5
+    logits = torch.randn(m * b, k, generator=g) * 3
+    labels = torch.randint(k, (b,), generator=g)
+    got = consistency_loss(logits, labels, m=m, lam=2.0, eta=0.1)
+    assert got.item() == pytest.approx(_per_sample_reference(logits, labels, m, 2.0, 0.1).item())
+    # the interleaved layout (sample-major) would give another value
+    interleaved = logits.view(m, b, k).transpose(0, 1).reshape(m * b, k)
+    assert consistency_loss(interleaved, labels, m=m, lam=2.0, eta=0.1).item() != pytest.approx(
+        got.item()
+    )
+
+
+def test_identical_copies_have_zero_kl():
+    g = torch.Generator().manual_seed(1)
+    one = torch.randn(4, 6, generator=g)
+    labels = torch.randint(6, (4,), generator=g)
+    logits = one.repeat(3, 1)
+    ce = F.cross_entropy(one, labels)
+    assert consistency_loss(logits, labels, m=3, lam=5.0, eta=0.0).item() == pytest.approx(
+        ce.item()
+    )
+    entropy = -(one.softmax(-1) * one.log_softmax(-1)).sum(-1).mean()
+    with_entropy = consistency_loss(logits, labels, m=3, lam=5.0, eta=0.5)
+    assert with_entropy.item() == pytest.approx((ce + 0.5 * entropy).item())
+
+
+def test_reduces_to_cross_entropy_with_one_copy_or_no_weights():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(8, 5, generator=g)
+    labels = torch.randint(5, (8,), generator=g)
+    ce = F.cross_entropy(logits, labels)
+    assert consistency_loss(logits, labels, m=1, lam=2.0, eta=0.5).item() == pytest.approx(
+        ce.item()
+    )
+    assert consistency_loss(logits, labels[:4], m=2, lam=0.0, eta=0.0).item() == pytest.approx(
+        F.cross_entropy(logits, labels[:4].repeat(2)).item()
+    )
+
+
+def test_label_smoothing_and_soft_targets_match_timm():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(8, 5, generator=g)
+    labels = torch.randint(5, (8,), generator=g)
+    smoothed = consistency_loss(logits, labels, m=1, lam=0, eta=0, label_smoothing=0.1)
+    assert smoothed.item() == pytest.approx(LabelSmoothingCrossEntropy(0.1)(logits, labels).item())
+    soft = torch.rand(8, 5, generator=g).softmax(-1)
+    got = consistency_loss(logits, soft, m=1, lam=0, eta=0)
+    assert got.item() == pytest.approx(SoftTargetCrossEntropy()(logits, soft).item())
+
+
+def test_numerically_safe_for_extreme_logits():
+    logits = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 0.0]], requires_grad=True)
+    loss = consistency_loss(logits, torch.tensor([0]), m=2, lam=2.0, eta=0.5)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert loss.item() > 1e3  # one copy is confidently wrong
+
+
+def test_bf16_logits_are_scored_in_float32():
+    logits = torch.randn(6, 4).to(torch.bfloat16)
+    loss = consistency_loss(logits, torch.tensor([0, 1, 2]), m=2, lam=2.0, eta=0.5)
+    assert loss.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"m": 0}, "m: expected an integer >= 1"),
+        ({"m": 5}, "logits: expected shape"),
+        ({"lam": -1.0}, "lam and eta"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, match):
+    args = {"m": 2, "lam": 1.0, "eta": 0.5} | kwargs
+    with pytest.raises(ValueError, match=match):
+        consistency_loss(torch.zeros(8, 3), torch.zeros(4, dtype=torch.long), **args)
+
+
+def test_labels_must_match_the_batch():
+    with pytest.raises(ValueError, match="labels: expected shape"):
+        consistency_loss(torch.zeros(8, 3), torch.zeros(8, dtype=torch.long), m=2, lam=1, eta=0)
+
+
+class Recorder(torch.nn.Module):
+    """A linear classifier that remembers its last input."""
+
+    def __init__(self, dim=12, classes=4):
+        super().__init__()
+        self.fc = torch.nn.Linear(dim, classes)
+        self.seen = None
+
+    def forward(self, x):
+        self.seen = x.detach().clone()
+        return self.fc(x.flatten(1))
+
+
+def _batch(b=6):
+    g = torch.Generator().manual_seed(4)
+    return torch.rand(b, 3, 2, 2, generator=g), torch.randint(4, (b,), generator=g)
+
+
+def test_noisy_loss_repeats_each_image_and_adds_noise_from_the_generator():
+    model, (images, labels) = Recorder(), _batch()
+    loss_fn = noisy_classification_loss(sigma=0.5, num_classes=4, m=2, lam=2.0, eta=0.5)
+    torch_state = torch.get_rng_state()
+    loss = loss_fn(model, (images, labels), torch.Generator().manual_seed(0))
+    assert torch.equal(torch.get_rng_state(), torch_state)  # no global draws
+    x = model.seen
+    assert x.shape == (12, 3, 2, 2) and x.dtype == torch.float32
+    noise = x - images.repeat(2, 1, 1, 1)
+    expected = 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(noise, expected, atol=1e-6)
+    assert loss.item() == pytest.approx(
+        consistency_loss(model.fc(x.flatten(1)), labels, 2, 2.0, 0.5).item()
+    )
+
+
+def test_noisy_loss_without_noise_or_consistency_is_plain_cross_entropy():
+    model, (images, labels) = Recorder(), _batch()
+    loss_fn = noisy_classification_loss(sigma=0.0, num_classes=4, label_smoothing=0.1)
+    loss = loss_fn(model, (images, labels), torch.Generator())
+    expected = F.cross_entropy(model.fc(images.flatten(1)), labels, label_smoothing=0.1)
+    assert loss.item() == pytest.approx(expected.item())
+
+
+def test_mixup_is_seeded_by_the_generator_and_leaves_global_rngs_alone():
+    loss_fn = noisy_classification_loss(
+        sigma=0.25, num_classes=4, m=2, lam=2.0, eta=0.5, label_smoothing=0.1,
+        mixup=0.8, cutmix=1.0,
+    )  # fmt: skip
+    np_state, py_state = np.random.get_state()[1].copy(), random.getstate()
+    model, runs = Recorder(), []
+    for _ in range(2):
+        images, labels = _batch()
+        loss = loss_fn(model, (images, labels), torch.Generator().manual_seed(7))
+        assert torch.equal(images, _batch()[0])  # the caller's batch is not mixed in place
+        runs.append((loss.item(), model.seen))
+    assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])
+    assert np.array_equal(np.random.get_state()[1], np_state) and random.getstate() == py_state
+    images, _ = _batch()
+    # the clean part of what the model saw is not the original batch: it was mixed
+    noise = 0.25 * torch.randn((12, 3, 2, 2), generator=_after_mixup_seed(7))
+    assert not torch.allclose(runs[0][1] - noise, images.repeat(2, 1, 1, 1), atol=1e-4)
+
+
+def _after_mixup_seed(seed):
+    """The noise generator's state after the loss drew the mixup seed from it."""
+    g = torch.Generator().manual_seed(seed)
+    torch.randint(2**32, (), generator=g)
+    return g
+
+
+def test_mixup_needs_an_even_batch():
+    loss_fn = noisy_classification_loss(sigma=0.25, num_classes=4, mixup=0.8)
+    images, labels = _batch(5)
+    with pytest.raises(ValueError, match="even batch size"):
+        loss_fn(Recorder(), (images, labels), torch.Generator())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"sigma": -0.1}, "sigma"),
+        ({"num_classes": 1}, "num_classes"),
+        ({"m": 0}, "m: expected"),
+        ({"eta": -1.0}, "lam and eta"),
+        ({"mixup": -0.5}, "mixup and cutmix"),
+        ({"mixup_prob": 1.5}, "mixup_prob"),
+    ],
+)
+def test_noisy_loss_refuses_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        noisy_classification_loss(**({"sigma": 0.25, "num_classes": 4} | kwargs))
