@@ -17,6 +17,9 @@ def atomic_write(path: str | Path, mode: str = "wb"):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -40,5 +43,5 @@ def safe_torch_load(path: str | Path | IO[bytes], map_location: Any = "cpu") -> 
     except FileNotFoundError:
         raise
     except Exception as e:
-        raise ValueError(f"{path} is not a readable torch file (corrupt, or holds code): {e}") from e
-
+        msg = f"{path} is not a readable torch file (corrupt, or holds code): {e}"
+        raise ValueError(msg) from e

@@ -1,0 +1,80 @@
+"""Seeded carving of held-out splits, subsets and split validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dmae_pipeline.data import carve, split_form, split_length, subset
+
+
+def test_carve_partitions_every_index_once_with_rounded_sizes():
+    parts = carve(103, {"val": 0.1, "test": 0.25}, seed=7)
+    assert {k: len(v) for k, v in parts.items()} == {"val": 10, "test": 26, "train": 67}
+    everything = torch.cat(list(parts.values()))
+    assert sorted(everything.tolist()) == list(range(103))
+    for indices in parts.values():
+        assert torch.equal(indices, indices.sort().values)
+
+
+def test_carve_is_seeded():
+    a, b = carve(50, {"val": 0.2}, seed=1), carve(50, {"val": 0.2}, seed=1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["val"], carve(50, {"val": 0.2}, seed=2)["val"])
+
+
+def test_carve_draws_held_out_indices_uniformly():
+    # Over 400 seeds each index is held out Binomial(400, 0.2) times: mean 80, sd 8.
+    counts = torch.zeros(60)
+    for seed in range(400):
+        counts[carve(60, {"val": 0.2}, seed)["val"]] += 1
+    assert counts.sum() == 400 * 12
+    assert ((counts - 80).abs() < 5 * 8).all(), counts
+    # Chi-square of the 60 counts against uniform (59 dof; 99.9% quantile 99.6).
+    chi2 = ((counts - 80) ** 2 / 80).sum() * (1 - 0.2) ** -1
+    assert chi2 < 99.6
+
+
+def test_carve_errors_name_the_fraction_parameter():
+    with pytest.raises(ValueError, match=r"val_fraction=0\.01 holds out no val images out of 20"):
+        carve(20, {"val": 0.01}, seed=0)
+    with pytest.raises(ValueError, match="val_fraction \\+ test_fraction leaves no training"):
+        carve(4, {"val": 0.5, "test": 0.5}, seed=0)
+
+
+def test_subset_of_both_forms():
+    images = torch.arange(5 * 2 * 3 * 3, dtype=torch.uint8).reshape(5, 2, 3, 3)
+    labels = torch.tensor([0, 1, 2, 3, 4])
+    idx = torch.tensor([1, 3])
+    part = subset({"images": images, "labels": labels}, idx)
+    assert torch.equal(part["images"], images[[1, 3]]) and part["labels"].tolist() == [1, 3]
+    assert part["images"].untyped_storage().nbytes() == 2 * 18  # does not keep the parent alive
+    disk = {"root": "r", "paths": [f"p{i}" for i in range(5)], "labels": labels}
+    part = subset(disk, idx)
+    assert (part["root"], part["paths"], part["labels"].tolist()) == ("r", ["p1", "p3"], [1, 3])
+    assert split_length(disk) == 5 and split_form(disk) == "disk"
+
+
+@pytest.mark.parametrize(
+    ("split", "message"),
+    [
+        ({"images": torch.zeros(2, 1, 4, 4), "labels": torch.zeros(2, dtype=torch.int64)}, "uint8"),
+        (
+            {
+                "images": torch.zeros(2, 1, 4, 4, dtype=torch.uint8),
+                "labels": torch.zeros(3, dtype=torch.int64),
+            },
+            "2 images but 3 labels",
+        ),
+        ({"images": torch.zeros(2, 1, 4, 4, dtype=torch.uint8), "labels": torch.zeros(2)}, "int64"),
+        (
+            {"root": "r", "paths": ["a"], "labels": torch.zeros(2, dtype=torch.int64)},
+            "1 paths but 2 labels",
+        ),
+        ({"labels": torch.zeros(2, dtype=torch.int64), "x": 1}, "must have keys"),
+        ([1, 2], "must be a dict"),
+    ],
+)
+def test_malformed_splits_are_refused(split, message):
+    with pytest.raises(ValueError, match=message):
+        split_form(split)

@@ -1,0 +1,86 @@
+"""build_transform and SplitDataset on in-memory splits: shapes, ranges and augment checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from dmae_pipeline.data import SplitDataset, build_transform
+
+SPEC = {"source": "digits", "image_size": 16, "channels": 1, "mean": [0.3], "std": [0.2]}
+
+
+def in_memory(n=6, channels=1, size=16):
+    images = torch.randint(
+        0, 256, (n, channels, size, size), generator=torch.Generator().manual_seed(0)
+    )
+    return {"images": images.to(torch.uint8), "labels": torch.arange(n) % 3}
+
+
+def test_default_transform_only_converts_to_unit_range():
+    split = in_memory()
+    dataset = SplitDataset(split)
+    assert len(dataset) == 6
+    image, label = dataset[4]
+    assert type(image) is torch.Tensor and image.dtype == torch.float32
+    assert torch.allclose(image, split["images"][4] / 255, rtol=0, atol=1e-7) and label == 1
+    images, labels = next(iter(DataLoader(dataset, batch_size=6)))
+    assert images.shape == (6, 1, 16, 16) and labels.tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_eval_transform_of_in_memory_images_converts_only():
+    split = in_memory()
+    image = build_transform(SPEC, train=False, augment={"hflip": True})(split["images"][0])
+    assert torch.allclose(image, split["images"][0] / 255, rtol=0, atol=1e-7)
+
+
+def test_hflip_flips_about_half_the_time():
+    torch.manual_seed(0)
+    image = in_memory(n=1)["images"][0]
+    transform = build_transform(SPEC, train=True, augment={"hflip": True})
+    flips = 0
+    for _ in range(400):
+        out = transform(image)
+        if torch.allclose(out, image.flip(-1) / 255, rtol=0, atol=1e-7):
+            flips += 1
+        else:
+            assert torch.allclose(out, image / 255, rtol=0, atol=1e-7)
+    assert abs(flips - 200) < 5 * 10  # Binomial(400, 0.5): sd 10
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_full_training_augmentation_ends_at_native_size_in_unit_range(channels):
+    torch.manual_seed(0)
+    np.random.seed(0)  # timm's RandAugment draws from numpy's and Python's global generators
+    spec = {**SPEC, "channels": channels, "mean": [0.3] * channels}
+    augment = {
+        "hflip": True,
+        "random_resized_crop": {"scale": [0.2, 1.0]},
+        # Magnitude 10 makes posterize keep 0 bits, which Pillow itself refuses.
+        "rand_augment": "rand-m10-inc1",
+    }
+    dataset = SplitDataset(in_memory(channels=channels), build_transform(spec, True, augment))
+    for _ in range(40):
+        images, _ = next(iter(DataLoader(dataset, batch_size=6)))
+        assert images.shape == (6, channels, 16, 16) and images.dtype == torch.float32
+        assert images.min() >= 0 and images.max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("augment", "message"),
+    [
+        ({"flip": True}, r"unknown keys \['flip'\]"),
+        ({"hflip": "yes"}, "augment.hflip must be true or false"),
+        ({"random_resized_crop": {"scale": [0.5, 0.2]}}, "augment.random_resized_crop"),
+        ({"random_resized_crop": {"scale": [0.2, 1.0], "ratio": 1}}, "augment.random_resized_crop"),
+        ({"rand_augment": "m9"}, "augment.rand_augment must be a timm config"),
+        ({"rand_augment": "rand-m9-mx"}, "augment.rand_augment must be a timm config"),
+        ({"rand_augment": "rand-q9"}, "augment.rand_augment='rand-q9' is not a timm"),
+        ("hflip", "augment must be a mapping"),
+    ],
+)
+def test_bad_augment_is_refused_naming_the_key(augment, message):
+    with pytest.raises(ValueError, match=message):
+        build_transform(SPEC, train=True, augment=augment)

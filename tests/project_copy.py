@@ -1,0 +1,32 @@
+"""Temporary copies of the project, so that tests never write into the real data/ or mlflow.db."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def copy_project(dest: Path) -> Path:
+    """conf/, pyproject.toml, the telemetry consent, empty data layers and an empty src/."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(PROJECT_ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
+    (dest / "conf" / "local").mkdir()
+    for name in ("pyproject.toml", ".telemetry"):
+        shutil.copy(PROJECT_ROOT / name, dest / name)
+    for layer in (PROJECT_ROOT / "data").iterdir():
+        if layer.is_dir():
+            (dest / "data" / layer.name).mkdir(parents=True)
+    (dest / "src").mkdir()
+    return dest
+
+
+def run_kedro(project: Path, pipelines: str = "__default__", env: str = "test", params=None):
+    """Run pipelines in-process inside ``project``, as ``kedro run --pipelines=...`` would."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env=env, runtime_params=params) as session:
+        return session.run(pipeline_names=pipelines.split(","))
