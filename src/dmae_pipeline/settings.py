@@ -3,6 +3,8 @@
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
+from dmae_pipeline.hooks import MlflowRunTagsHook
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
@@ -10,3 +12,4 @@ CONFIG_LOADER_ARGS = {
     # ${oc.env:VAR,default} everywhere, so MLFLOW_TRACKING_URI can redirect tracking.
     "custom_resolvers": {"oc.env": oc.env},
 }
+HOOKS = (MlflowRunTagsHook(),)
