@@ -1,0 +1,25 @@
+"""certify: finetuned_models, test_split, dataset_spec, params:certify -> per-image logs in
+data/07_model_output/certify -> certification_results (one table, all sigmas)."""
+
+from kedro.pipeline import Pipeline, node
+
+from dmae_pipeline.pipelines.certify.nodes import certify_test_split, merge_certification_logs
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                certify_test_split,
+                inputs=["finetuned_models", "test_split", "dataset_spec", "params:certify"],
+                outputs="certification_logs",
+                name="certify_test_split",
+            ),
+            node(
+                merge_certification_logs,
+                inputs="certification_logs",
+                outputs="certification_results",
+                name="merge_certification_logs",
+            ),
+        ]
+    )

@@ -1,0 +1,278 @@
+"""Certification reports: summary tables, certified-accuracy curves, metrics and the plot.
+
+Everything starts from a certification table: one row per (sigma, image), with at least the
+columns ``sigma idx predict radius correct`` of the per-image logs. Accuracies are fractions in
+[0, 1] everywhere except the Markdown table, which shows percentages as the papers do.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from dmae_pipeline.smoothing.core import Smooth
+from dmae_pipeline.smoothing.curves import (
+    average_certified_radius,
+    best_over_sigma,
+    certified_accuracy,
+)
+
+BEST = "best"
+"""The label of the best-over-sigma envelope, in place of a sigma."""
+RADIUS_UNIT = 0.01
+"""Curves are tabulated on a grid of multiples of this radius; a metric step counts them."""
+REQUIRED_COLUMNS = ("sigma", "idx", "predict", "radius", "correct")
+PER_SIGMA_COLUMNS = ("clean_accuracy", "abstain_rate", "acr")
+
+
+def format_value(value: float) -> str:
+    """A sigma or radius as a label: two decimals, more only where needed (0.5 -> "0.50",
+    0.125 -> "0.125")."""
+    text = f"{value:.2f}"
+    return text if float(text) == value else repr(float(value))
+
+
+def radius_column(radius: float) -> str:
+    return f"r_{format_value(radius)}"
+
+
+def check_results(results: pd.DataFrame) -> pd.DataFrame:
+    """The certification table sorted by sigma then idx, or a ValueError saying what is wrong.
+
+    Every sigma must hold the same images, so that the envelope compares like with like.
+    """
+    if not isinstance(results, pd.DataFrame):
+        raise ValueError(f"certification results must be a DataFrame, got {type(results)}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in results.columns]
+    if missing:
+        raise ValueError(
+            f"certification results lack the columns {missing}; expected at least "
+            f"{list(REQUIRED_COLUMNS)}"
+        )
+    if results.empty:
+        raise ValueError("certification results hold no rows: no image was certified")
+    results = results.sort_values(["sigma", "idx"], kind="stable").reset_index(drop=True)
+    if results.duplicated(["sigma", "idx"]).any():
+        raise ValueError("certification results repeat a (sigma, idx) pair")
+    images = {s: tuple(g["idx"]) for s, g in results.groupby("sigma", sort=True)}
+    reference = next(iter(images.values()))
+    differing = [format_value(s) for s, idx in images.items() if idx != reference]
+    if differing:
+        raise ValueError(
+            f"certification results for sigma {differing} cover other images than for sigma "
+            f"{format_value(next(iter(images)))}; every sigma must certify the same images"
+        )
+    return results
+
+
+def summary_table(results: pd.DataFrame, radii: Sequence[float]) -> pd.DataFrame:
+    """One row per sigma, then the best-over-sigma row.
+
+    Columns: ``sigma`` (label), ``images``, ``clean_accuracy`` (CERTIFY's accuracy, abstentions
+    counted wrong: the certified accuracy at radius 0), ``abstain_rate``, ``acr`` (average
+    certified radius), then ``r_<radius>`` certified accuracies. The best row holds the envelope
+    of the accuracies and leaves the per-sigma columns empty.
+    """
+    results = check_results(results)
+    rows, curves = [], []
+    for sigma, group in results.groupby("sigma", sort=True):
+        radius, correct = group["radius"].to_numpy(), group["correct"].to_numpy()
+        curve = certified_accuracy(radius, correct, radii)
+        curves.append(curve)
+        rows.append(
+            {
+                "sigma": format_value(sigma),
+                "images": len(group),
+                "clean_accuracy": float(np.mean(correct)),
+                "abstain_rate": float(np.mean(group["predict"].to_numpy() == Smooth.ABSTAIN)),
+                "acr": average_certified_radius(radius, correct),
+                **{radius_column(r): a for r, a in zip(radii, curve, strict=True)},
+            }
+        )
+    best = {radius_column(r): a for r, a in zip(radii, best_over_sigma(curves), strict=True)}
+    rows.append({"sigma": BEST, "images": rows[0]["images"], **best})
+    return pd.DataFrame(rows)
+
+
+def grid_units(step: float, name: str = "step") -> int:
+    """How many RADIUS_UNITs the grid spacing ``step`` is; a ValueError naming ``name`` unless it
+    is a positive whole number of them."""
+    is_number = isinstance(step, int | float) and not isinstance(step, bool)
+    units = round(step / RADIUS_UNIT) if is_number else 0
+    if units < 1 or not math.isclose(units * RADIUS_UNIT, step, rel_tol=1e-9):
+        raise ValueError(f"{name} must be a positive multiple of {RADIUS_UNIT}, got {step!r}")
+    return units
+
+
+def radius_grid(results: pd.DataFrame, max_radius: float, step: float = RADIUS_UNIT) -> np.ndarray:
+    """Radii 0, step, 2 step, ... up to the larger of ``max_radius`` and the largest certified
+    radius; ``step`` must be a positive multiple of RADIUS_UNIT."""
+    units = grid_units(step)
+    top = max(float(max_radius), float(results["radius"].max()))
+    count = math.ceil(round(top / (units * RADIUS_UNIT), 6))
+    return np.arange(count + 1) * units / round(1 / RADIUS_UNIT)
+
+
+def curve_table(
+    results: pd.DataFrame, max_radius: float, step: float = RADIUS_UNIT
+) -> pd.DataFrame:
+    """Certified accuracy on a fine radius grid (see ``radius_grid``), in long format: columns
+    ``sigma`` (label, or ``best`` for the envelope), ``radius``, ``certified_accuracy``."""
+    results = check_results(results)
+    grid = radius_grid(results, max_radius, step)
+    curves = {
+        format_value(sigma): certified_accuracy(group["radius"], group["correct"], grid)
+        for sigma, group in results.groupby("sigma", sort=True)
+    }
+    curves[BEST] = best_over_sigma(curves)
+    return pd.DataFrame(
+        [
+            {"sigma": label, "radius": r, "certified_accuracy": a}
+            for label, curve in curves.items()
+            for r, a in zip(grid, curve, strict=True)
+        ]
+    )
+
+
+def _curve_name(label: str) -> str:
+    return label if label == BEST else f"sigma_{label}"
+
+
+def _scalar_metrics(table: pd.DataFrame) -> Iterator[tuple[str, str, float]]:
+    """(group, name, value) for every number of the summary table."""
+    radius_columns = [c for c in table.columns if c.startswith("r_")]
+    for row in table.to_dict("records"):
+        curve = _curve_name(str(row["sigma"]))
+        for column in radius_columns:
+            yield "certified_accuracy", f"{curve}/{column}", float(row[column])
+        if row["sigma"] != BEST:
+            for column in PER_SIGMA_COLUMNS:
+                yield column, curve, float(row[column])
+
+
+def flat_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """The summary table as flat metrics (for ``dvc metrics``): ``sigma_0.25/r_0.50``,
+    ``best/r_0.50``, ``acr/sigma_0.25``, ``abstain_rate/sigma_0.25``,
+    ``clean_accuracy/sigma_0.25``."""
+    return {
+        name if group == "certified_accuracy" else f"{group}/{name}": value
+        for group, name, value in _scalar_metrics(table)
+    }
+
+
+def metric_histories(table: pd.DataFrame, curve: pd.DataFrame) -> dict[str, Any]:
+    """Metrics for an MLflow run, as kedro-mlflow's MlflowMetricsHistoryDataset takes them.
+
+    Scalars (step 0): ``certified_accuracy/sigma_0.25/r_0.50``, ``certified_accuracy/best/r_0.50``,
+    ``acr/sigma_0.25``, ``abstain_rate/...``, ``clean_accuracy/...``. Each curve is a history,
+    ``certified_accuracy_curve/sigma_0.25`` (and ``/best``), whose step is the radius in units of
+    RADIUS_UNIT (hundredths), so the MLflow UI draws it against the radius.
+    """
+    metrics: dict[str, Any] = {
+        f"{group}/{name}": {"value": value, "step": 0}
+        for group, name, value in _scalar_metrics(table)
+    }
+    for label, group in curve.groupby("sigma", sort=False):
+        metrics[f"certified_accuracy_curve/{_curve_name(str(label))}"] = [
+            {"value": float(a), "step": round(r / RADIUS_UNIT)}
+            for r, a in zip(group["radius"], group["certified_accuracy"], strict=True)
+        ]
+    return metrics
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = [header, ["---:"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines) + "\n"
+
+
+def _percent(value: float) -> str:
+    return "" if pd.isna(value) else f"{100 * value:.1f}"
+
+
+def markdown_report(
+    table: pd.DataFrame, dataset: str, reference_points: Sequence[Mapping[str, Any]] = ()
+) -> str:
+    """The summary table (and the published reference points, if any) as Markdown."""
+    radius_columns = [c for c in table.columns if c.startswith("r_")]
+    header = [
+        "sigma",
+        *(f"r = {c[2:]}" for c in radius_columns),
+        "ACR",
+        "abstain (%)",
+        "clean (%)",
+    ]
+    rows = [
+        [
+            f"**{row['sigma']}**" if row["sigma"] == BEST else str(row["sigma"]),
+            *(_percent(row[c]) for c in radius_columns),
+            "" if pd.isna(row["acr"]) else f"{row['acr']:.3f}",
+            _percent(row["abstain_rate"]),
+            _percent(row["clean_accuracy"]),
+        ]
+        for row in table.to_dict("records")
+    ]
+    text = (
+        f"# Certified accuracy: {dataset}\n\n"
+        f"Certified accuracy (%) of the smoothed classifier at L2 radius r, in [0, 1] pixel units, "
+        f"on {int(table['images'].iloc[0])} test images; **best** is the best over sigma at each "
+        "radius. ACR: average certified radius. Clean: the smoothed classifier's accuracy "
+        "(abstentions count as errors).\n\n" + _markdown(header, rows)
+    )
+    if reference_points:
+        radii = sorted({float(r) for point in reference_points for r in point["radii"]})
+        ref_rows = []
+        for point in reference_points:
+            values = dict(zip(map(float, point["radii"]), point["certified_accuracy"], strict=True))
+            ref_rows.append([point["label"], *(_percent(values.get(r, np.nan)) for r in radii)])
+        ref_header = ["published", *(f"r = {format_value(r)}" for r in radii)]
+        text += "\n## Published results\n\n" + _markdown(ref_header, ref_rows)
+    return text
+
+
+def plot_curves(
+    curve: pd.DataFrame, dataset: str, reference_points: Sequence[Mapping[str, Any]] = ()
+) -> Figure:
+    """Certified accuracy against radius: a step curve per sigma, the best-over-sigma envelope
+    (dashed) and the published reference points (markers)."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.subplots()
+    for label, group in curve.groupby("sigma", sort=False):
+        label = str(label)
+        envelope = label == BEST
+        axes.step(
+            group["radius"],
+            group["certified_accuracy"],
+            where="post",
+            label="best over sigma" if envelope else f"sigma = {label}",
+            color="black" if envelope else None,
+            linestyle="--" if envelope else "-",
+            linewidth=2.2 if envelope else 1.5,
+            zorder=3 if envelope else 2,
+        )
+    for point, marker in zip(reference_points, itertools.cycle("os^Dv<>p*"), strict=False):
+        axes.scatter(
+            point["radii"],
+            point["certified_accuracy"],
+            marker=marker,
+            s=45,
+            facecolors="none",
+            edgecolors="tab:red",
+            label=point["label"],
+            zorder=4,
+        )
+    axes.set(
+        xlabel="L2 radius ([0, 1] pixel units)",
+        ylabel="certified accuracy",
+        title=f"Certified accuracy: {dataset}",
+        xlim=(0, float(curve["radius"].max())),
+        ylim=(0, 1.02),
+    )
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    return figure
