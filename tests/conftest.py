@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -19,14 +20,23 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """An initialised tracking database: creating the schema costs seconds, copying it does not."""
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
 @pytest.fixture
-def kedro_project(tmp_path, monkeypatch) -> Path:
+def kedro_project(tmp_path, monkeypatch, empty_mlflow_db) -> Path:
     """A project copy as the cwd, tracking to its own mlflow.db by absolute path.
 
     MLflow caches stores by URI, so the relative default would send later runs in the same
     process to the first copy's database.
     """
     project = copy_project(tmp_path / "project")
+    shutil.copy(empty_mlflow_db, project / "mlflow.db")
     monkeypatch.chdir(project)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
     yield project
