@@ -4,6 +4,7 @@ from dmae_pipeline.training.checkpoint import load_best, load_checkpoint
 from dmae_pipeline.training.config import validate_cfg
 from dmae_pipeline.training.device import autocast_dtype, resolve_device
 from dmae_pipeline.training.engine import NonFiniteLossError, derive_seed, fit
+from dmae_pipeline.training.evaluate import accuracy_evaluator, noisy_accuracy
 from dmae_pipeline.training.losses import LossFn, consistency_loss, noisy_classification_loss
 from dmae_pipeline.training.optim import build_optimizer, weight_decay_groups
 from dmae_pipeline.training.schedule import lr_at, peak_lr
@@ -11,6 +12,7 @@ from dmae_pipeline.training.schedule import lr_at, peak_lr
 __all__ = [
     "LossFn",
     "NonFiniteLossError",
+    "accuracy_evaluator",
     "autocast_dtype",
     "build_optimizer",
     "consistency_loss",
@@ -19,6 +21,7 @@ __all__ = [
     "load_best",
     "load_checkpoint",
     "lr_at",
+    "noisy_accuracy",
     "noisy_classification_loss",
     "peak_lr",
     "resolve_device",
