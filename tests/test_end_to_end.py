@@ -1,0 +1,129 @@
+"""The whole default chain as a user drives it: `dvc repro`, `mlflow server`, `kedro viz build`.
+
+One temporary git copy of the project runs the chain once (on the test settings, copied over
+conf/base) and every test here reads from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import PROJECT_ROOT, copy_project
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+STAGES = ["data_prep", "pretrain", "cifar_pretrain", "finetune", "certify", "report"]
+
+
+def sh(*args: str, cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def ran_stages(output: str) -> list[str]:
+    return [s for s in STAGES if f"Running stage '{s}'" in output]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> Path:
+    """A git + DVC copy of the project whose base settings are the test env's, after `dvc repro`."""
+    project = copy_project(tmp_path_factory.mktemp("chain") / "project")
+    for f in (PROJECT_ROOT / "conf" / "test").iterdir():
+        shutil.copy(f, project / "conf" / "base" / f.name)
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(PROJECT_ROOT / name, project / name)
+    shutil.copytree(PROJECT_ROOT / ".dvc", project / ".dvc", ignore=shutil.ignore_patterns("tmp"))
+    shutil.copytree(PROJECT_ROOT / "src", project / "src", dirs_exist_ok=True)
+    sh("git", "init", "-q", cwd=project)
+    sh("git", "add", "-A", cwd=project)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy", cwd=project)
+    project.joinpath("first_repro.log").write_text(sh("dvc", "repro", cwd=project))
+    return project
+
+
+def test_dvc_repro_runs_every_stage_then_nothing(chain):
+    assert ran_stages((chain / "first_repro.log").read_text()) == STAGES
+    assert (chain / "dvc.lock").exists()
+    assert ran_stages(sh("dvc", "repro", cwd=chain)) == []
+    metrics = json.loads((chain / "data/08_reporting/certified_accuracy.json").read_text())
+    assert any(k.startswith("best/") for k in metrics)
+    assert "certified_accuracy" in sh("dvc", "plots", "show", "--json", cwd=chain)
+
+
+def test_finetune_parameter_change_reruns_only_downstream(chain):
+    path = chain / "conf/base/parameters_finetune.yml"
+    params = yaml.safe_load(path.read_text())
+    params["finetune"]["train"]["seed"] += 1
+    path.write_text(yaml.safe_dump(params))
+    assert ran_stages(sh("dvc", "repro", cwd=chain)) == ["finetune", "certify", "report"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_mlflow_server_serves_the_certified_accuracy_curves(chain):
+    port = free_port()
+    server = subprocess.Popen(
+        [BIN / "mlflow", "server", "--backend-store-uri", "sqlite:///mlflow.db",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=chain, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        for _ in range(120):
+            try:
+                experiments = get_json(f"{base}/experiments/search", {"max_results": 10})
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not answer on 127.0.0.1 within 60 s")
+        ids = [e["experiment_id"] for e in experiments["experiments"]]
+        runs = get_json(f"{base}/runs/search", {"experiment_ids": ids, "max_results": 100})["runs"]
+        report = next(r for r in runs if r["info"]["run_name"].startswith("report"))
+        metrics = {m["key"] for m in report["data"]["metrics"]}
+        assert any(k.startswith("certified_accuracy/best/") for k in metrics)
+        curve = next(k for k in metrics if k.startswith("certified_accuracy_curve/"))
+        history = get_json(
+            f"{base}/metrics/get-history?run_id={report['info']['run_id']}&metric_key={curve}"
+        )["metrics"]
+        assert len(history) > 1
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_kedro_viz_build_exports_every_pipeline(chain):
+    sh("kedro", "viz", "build", cwd=chain)
+    site = chain / "build"
+    assert (site / "index.html").exists()
+    main = json.loads((site / "api" / "main").read_text())
+    registered = {p["id"] for p in main["pipelines"]}
+    assert set(STAGES) <= registered
+    for stage in STAGES:
+        assert (site / "api" / "pipelines" / stage).exists()
