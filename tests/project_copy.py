@@ -9,15 +9,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def copy_project(dest: Path) -> Path:
-    """conf/, pyproject.toml, the telemetry consent, empty data layers and an empty src/."""
+    """conf/, pyproject.toml, the telemetry consent, data layers (.gitkeep only), an empty src/."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copytree(PROJECT_ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
     (dest / "conf" / "local").mkdir()
     for name in ("pyproject.toml", ".telemetry"):
         shutil.copy(PROJECT_ROOT / name, dest / name)
-    for layer in (PROJECT_ROOT / "data").iterdir():
-        if layer.is_dir():
-            (dest / "data" / layer.name).mkdir(parents=True)
+    for keep in (PROJECT_ROOT / "data").glob("*/.gitkeep"):
+        (dest / "data" / keep.parent.name).mkdir(parents=True)
+        shutil.copy(keep, dest / "data" / keep.parent.name / keep.name)
     (dest / "src").mkdir()
     return dest
 
