@@ -105,7 +105,7 @@ def test_bad_report_parameters_stop_the_run_and_write_nothing(kedro_project):
     write_results(kedro_project)
     with pytest.raises(ValueError, match=r"report\.radii must be a non-empty increasing list"):
         run_kedro(kedro_project, "report", "test", params={"report": {"radii": [0.5, 0.25]}})
-    assert not any((kedro_project / "data" / "08_reporting").iterdir())
+    assert [p.name for p in (kedro_project / "data" / "08_reporting").iterdir()] == [".gitkeep"]
 
 
 @pytest.mark.parametrize(
