@@ -7,6 +7,7 @@ from dmae_pipeline.training.engine import NonFiniteLossError, derive_seed, fit
 from dmae_pipeline.training.evaluate import accuracy_evaluator, noisy_accuracy
 from dmae_pipeline.training.losses import LossFn, consistency_loss, noisy_classification_loss
 from dmae_pipeline.training.optim import build_optimizer, weight_decay_groups
+from dmae_pipeline.training.run_record import check_run_dir, claim_run_dir, state_digest
 from dmae_pipeline.training.schedule import lr_at, peak_lr
 
 __all__ = [
@@ -15,6 +16,8 @@ __all__ = [
     "accuracy_evaluator",
     "autocast_dtype",
     "build_optimizer",
+    "check_run_dir",
+    "claim_run_dir",
     "consistency_loss",
     "derive_seed",
     "fit",
@@ -25,6 +28,7 @@ __all__ = [
     "noisy_classification_loss",
     "peak_lr",
     "resolve_device",
+    "state_digest",
     "validate_cfg",
     "weight_decay_groups",
 ]

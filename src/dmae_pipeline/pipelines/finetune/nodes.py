@@ -15,8 +15,6 @@ as the released finetuned files do, so loaders of that format read it. The exact
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +24,7 @@ import pandas as pd
 import torch
 
 from dmae_pipeline.data import SplitDataset, build_transform
-from dmae_pipeline.io import atomic_write, safe_torch_load
+from dmae_pipeline.io import safe_torch_load
 from dmae_pipeline.models import (
     ViTClassifier,
     build_classifier,
@@ -36,8 +34,11 @@ from dmae_pipeline.models import (
 )
 from dmae_pipeline.training import (
     accuracy_evaluator,
+    check_run_dir,
+    claim_run_dir,
     fit,
     noisy_classification_loss,
+    state_digest,
     validate_cfg,
 )
 from dmae_pipeline.training.config import RUNTIME_KEYS
@@ -47,7 +48,6 @@ logger = logging.getLogger(__name__)
 INIT_PIPELINES = ("cifar_pretrain", "pretrain")  # init sources read from the catalog
 SCRATCH = "scratch"
 NEW_KEYS = ("head.", "fc_norm.")  # the only classifier weights a DMAE/MAE checkpoint lacks
-SETTINGS_FILE = "finetune.json"
 KEYS = {
     "top": {
         "sigmas", "num_classes", "init", "model", "consistency", "layer_decay",
@@ -243,40 +243,13 @@ def _new_classifier(
     return model
 
 
-def _fingerprint(weights: Mapping[str, Any] | None) -> str | None:
-    """SHA-256 of the init weights, so a finished run is not reused after they change."""
-    if weights is None:
-        return None
-    state = weights["model"] if isinstance(weights.get("model"), Mapping) else weights
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{key}:{tensor.dtype}:{tuple(state[key].shape)}".encode())
-        digest.update(tensor.view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def _check_run_dir(run_dir: Path, settings: dict[str, Any], resume: bool) -> None:
-    """Refuse to resume a run directory that was trained with other finetune settings."""
-    path = run_dir / SETTINGS_FILE
-    if not resume or not path.exists():
-        return
-    stored = json.loads(path.read_text())
-    changed = sorted(k for k in settings.keys() | stored.keys() if stored.get(k) != settings.get(k))
-    if changed:
-        raise ValueError(
-            f"{run_dir} holds a run with other finetune settings ({', '.join(changed)}); "
-            "delete it, or set finetune.train.resume: false to train this one from the start"
-        )
-
-
 def _plan_runs(
     s: dict[str, Any], weights: Mapping[str, Any] | None, config: dict[str, Any], val_set: Any
 ) -> list[dict[str, Any]]:
     """Per sigma: its loss, validation metric, run folder and settings record, all checked."""
     common = {
         "init": s["init"],
-        "init_sha256": _fingerprint(weights),
+        "init_sha256": None if weights is None else state_digest(weights),
         "classifier": config,
         "layer_decay": s["layer_decay"],
         "augment": s["augment"],
@@ -299,9 +272,9 @@ def _plan_runs(
                 prefix="val_",
             ),
             "run_dir": s["run_dir"] / f"run_{name}",
-            "settings": json.loads(json.dumps({**common, "loss": loss})),
+            "settings": {**common, "loss": loss},
         }
-        _check_run_dir(run["run_dir"], run["settings"], s["train"]["resume"])
+        check_run_dir(run["run_dir"], run["settings"], s["train"]["resume"], "finetune")
         runs.append(run)
     stale = {p.stem for p in s["run_dir"].glob("sigma_*.pt")} - {run["name"] for run in runs}
     if stale:
@@ -335,8 +308,7 @@ def finetune_classifiers(
     partitions, rows = {}, []
     for run in runs:
         model = _new_classifier(config, weights, s["init"], s["train"]["seed"])
-        with atomic_write(run["run_dir"] / SETTINGS_FILE, "w") as f:
-            json.dump(run["settings"], f, indent=2)
+        claim_run_dir(run["run_dir"], run["settings"], s["train"]["resume"], "finetune")
         best = fit(
             model,
             train_set,

@@ -8,8 +8,6 @@ or a released DMAE file for continued pretraining). The work is in ``dmae_pipeli
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -21,10 +19,9 @@ import torch
 from matplotlib.figure import Figure
 
 from dmae_pipeline.data import SplitDataset, build_transform
-from dmae_pipeline.io import atomic_write, safe_torch_load
+from dmae_pipeline.io import safe_torch_load
 from dmae_pipeline.models import DMAE, build_dmae, load_pretrained, reconstruction_figure
-from dmae_pipeline.training import derive_seed, fit, validate_cfg
-from dmae_pipeline.training.checkpoint import LAST
+from dmae_pipeline.training import claim_run_dir, derive_seed, fit, state_digest, validate_cfg
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +32,6 @@ PIPELINE_INIT = "pipeline"
 # Seed streams of train.seed for the model's initial weights and the figure's noise and masks,
 # apart from the training engine's streams.
 MODEL_INIT_STREAM, FIGURE_STREAM = 100, 101
-RUN_FILE = "run.json"  # what the checkpoints in run_dir were trained from, for safe resumption
 
 
 @contextmanager
@@ -151,50 +147,6 @@ def load_init(model: DMAE, state: Mapping[str, Any], source: str, stage: str) ->
         )
 
 
-def fingerprint(state: Mapping[str, Any]) -> str:
-    """SHA-256 of a state dict's names and tensor bytes (of its 'model' entry if it has one)."""
-    tensors = state["model"] if isinstance(state.get("model"), Mapping) else state
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        value = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
-        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        return {
-            k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()
-        }
-    return {prefix.rstrip("."): value}
-
-
-def claim_run_dir(run_dir: Path, identity: dict[str, Any], resume: bool, stage: str) -> None:
-    """Record what this run trains from in ``run_dir``. A checkpoint left there by a run of
-    another model, dataset, augmentation or init is never resumed: that stops with an error
-    (the training engine itself checks the training settings). Without ``resume`` an earlier
-    checkpoint is removed first, so that a run dying before its first checkpoint cannot leave
-    it behind under this run's record."""
-    identity = json.loads(json.dumps(identity))
-    record, last = run_dir / RUN_FILE, run_dir / LAST
-    if not resume and last.exists():
-        logger.warning("%s.train.resume is off: starting over, %s is removed", stage, last)
-        last.unlink()
-    if last.exists():
-        stored = json.loads(record.read_text()) if record.exists() else {}
-        old, new = _flat(stored), _flat(identity)
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        if changed:
-            details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
-            raise ValueError(
-                f"{stage}.run_dir: {last} was trained with other settings ({details}); "
-                f"use a fresh {stage}.run_dir, or set {stage}.train.resume to false to start over"
-            )
-    with atomic_write(record, "w") as f:
-        json.dump(identity, f, indent=2)
-
-
 def dmae_loss(model: DMAE, batch: tuple, generator: torch.Generator) -> torch.Tensor:
     """The training engine's loss_fn: the DMAE's own reconstruction loss on the batch images."""
     return model(batch[0], generator=generator)[0]
@@ -226,7 +178,7 @@ def prepare_run(
         "model": model.config,
         "augment": settings["augment"],
         "dataset": {k: dataset_spec[k] for k in ("name", "image_size", "channels", "split_sizes")},
-        "init": None if init_state is None else fingerprint(init_state),
+        "init": None if init_state is None else state_digest(init_state),
     }
     claim_run_dir(Path(settings["run_dir"]), identity, cfg["resume"], stage)
     logger.info(

@@ -1,0 +1,73 @@
+"""What a run folder's checkpoints were trained from, so that a changed run never resumes them.
+
+``fit`` checks the training settings itself; the record adds what the engine cannot see: the
+model, the data, the augmentation, the initial weights, the loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dmae_pipeline.io import atomic_write
+from dmae_pipeline.training.checkpoint import LAST
+
+logger = logging.getLogger(__name__)
+
+RUN_RECORD = "run.json"
+
+
+def state_digest(state: Mapping[str, Any]) -> str:
+    """SHA-256 of a state dict's names and tensor bytes (of its 'model' entry if it has one)."""
+    tensors = state["model"] if isinstance(state.get("model"), Mapping) else state
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        value = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        return {
+            k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()
+        }
+    return {prefix.rstrip("."): value}
+
+
+def check_run_dir(run_dir: Path, identity: Mapping[str, Any], resume: bool, stage: str) -> None:
+    """Refuse a checkpoint in ``run_dir`` that a run of other settings left there."""
+    record, last = run_dir / RUN_RECORD, run_dir / LAST
+    if not resume or not last.exists():
+        return
+    stored = json.loads(record.read_text()) if record.exists() else {}
+    old, new = _flat(stored), _flat(json.loads(json.dumps(identity)))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if changed:
+        sections = sorted({k.split(".")[0] for k in changed})
+        details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
+        raise ValueError(
+            f"{stage}.run_dir: {run_dir} holds a run with other {stage} settings "
+            f"({', '.join(sections)}): {details}; use a fresh {stage}.run_dir, "
+            f"or set {stage}.train.resume to false to start over"
+        )
+
+
+def claim_run_dir(run_dir: Path, identity: Mapping[str, Any], resume: bool, stage: str) -> None:
+    """Check ``run_dir`` and record ``identity`` there. Without ``resume`` an earlier checkpoint
+    is removed first, so that a run dying before its first checkpoint cannot leave it behind
+    under this run's record."""
+    last = run_dir / LAST
+    if not resume and last.exists():
+        logger.warning("%s.train.resume is off: starting over, %s is removed", stage, last)
+        last.unlink()
+    check_run_dir(run_dir, identity, resume, stage)
+    with atomic_write(run_dir / RUN_RECORD, "w") as f:
+        json.dump(identity, f, indent=2)
