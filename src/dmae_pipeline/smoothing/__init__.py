@@ -1,5 +1,5 @@
-"""Randomized smoothing (Cohen et al. 2019): PREDICT, CERTIFY, certification logs, curves and
-reports."""
+"""Randomized smoothing (Cohen et al. 2019): PREDICT, CERTIFY, certification logs and
+certified-accuracy curves."""
 
 from dmae_pipeline.smoothing.bounds import lower_confidence_bound
 from dmae_pipeline.smoothing.core import Certificate, Smooth
@@ -16,14 +16,6 @@ from dmae_pipeline.smoothing.log import (
     read_log,
     shard_indices,
 )
-from dmae_pipeline.smoothing.report import (
-    curve_table,
-    flat_metrics,
-    markdown_report,
-    metric_histories,
-    plot_curves,
-    summary_table,
-)
 
 __all__ = [
     "LOG_COLUMNS",
@@ -33,15 +25,9 @@ __all__ = [
     "best_over_sigma",
     "certified_accuracy",
     "certify_dataset",
-    "curve_table",
-    "flat_metrics",
     "image_seed",
     "lower_confidence_bound",
-    "markdown_report",
     "merge_logs",
-    "metric_histories",
-    "plot_curves",
     "read_log",
     "shard_indices",
-    "summary_table",
 ]

@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 
 from dmae_pipeline.data import SplitDataset, build_transform
 from dmae_pipeline.io import safe_torch_load
-from dmae_pipeline.models import DMAE, build_dmae, load_pretrained, reconstruction_figure
+from dmae_pipeline.models import DMAE, build_dmae, load_pretrained
+from dmae_pipeline.reporting import reconstruction_figure
 from dmae_pipeline.training import claim_run_dir, derive_seed, fit, state_digest, validate_cfg
 
 logger = logging.getLogger(__name__)

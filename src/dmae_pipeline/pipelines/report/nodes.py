@@ -1,5 +1,5 @@
 """Nodes of the report pipeline; the tables, metrics and plot come from
-``dmae_pipeline.smoothing.report``."""
+``dmae_pipeline.reporting``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from dmae_pipeline.smoothing import report as tables
+from dmae_pipeline.reporting import certification as tables
 
 KEYS = ("dataset", "radii", "curve_step", "reference_points")
 REFERENCE_KEYS = {"label", "radii", "certified_accuracy"}

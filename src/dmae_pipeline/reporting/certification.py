@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from dmae_pipeline.smoothing.core import Smooth
-from dmae_pipeline.smoothing.curves import (
+from dmae_pipeline.smoothing import (
+    Smooth,
     average_certified_radius,
     best_over_sigma,
     certified_accuracy,
@@ -40,6 +40,15 @@ def format_value(value: float) -> str:
 
 def radius_column(radius: float) -> str:
     return f"r_{format_value(radius)}"
+
+
+def sigma_label(sigma: float) -> str:
+    """The one name of a sigma's model, in files, tables and metrics: 0.5 -> "sigma_0.50"."""
+    return _curve_name(format_value(sigma))
+
+
+def _curve_name(label: str) -> str:
+    return label if label == BEST else f"sigma_{label}"
 
 
 def check_results(results: pd.DataFrame) -> pd.DataFrame:
@@ -140,15 +149,11 @@ def curve_table(
     )
 
 
-def _curve_name(label: str) -> str:
-    return label if label == BEST else f"sigma_{label}"
-
-
 def _scalar_metrics(table: pd.DataFrame) -> Iterator[tuple[str, str, float]]:
     """(group, name, value) for every number of the summary table."""
     radius_columns = [c for c in table.columns if c.startswith("r_")]
     for row in table.to_dict("records"):
-        curve = _curve_name(str(row["sigma"]))
+        curve = _curve_name(row["sigma"])
         for column in radius_columns:
             yield "certified_accuracy", f"{curve}/{column}", float(row[column])
         if row["sigma"] != BEST:
@@ -179,16 +184,11 @@ def metric_histories(table: pd.DataFrame, curve: pd.DataFrame) -> dict[str, Any]
         for group, name, value in _scalar_metrics(table)
     }
     for label, group in curve.groupby("sigma", sort=False):
-        metrics[f"certified_accuracy_curve/{_curve_name(str(label))}"] = [
+        metrics[f"certified_accuracy_curve/{_curve_name(label)}"] = [
             {"value": float(a), "step": round(r / RADIUS_UNIT)}
             for r, a in zip(group["radius"], group["certified_accuracy"], strict=True)
         ]
     return metrics
-
-
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = [header, ["---:"] * len(header), *rows]
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines) + "\n"
 
 
 def _percent(value: float) -> str:
@@ -200,39 +200,47 @@ def markdown_report(
 ) -> str:
     """The summary table (and the published reference points, if any) as Markdown."""
     radius_columns = [c for c in table.columns if c.startswith("r_")]
-    header = [
-        "sigma",
-        *(f"r = {c[2:]}" for c in radius_columns),
-        "ACR",
-        "abstain (%)",
-        "clean (%)",
-    ]
-    rows = [
-        [
-            f"**{row['sigma']}**" if row["sigma"] == BEST else str(row["sigma"]),
-            *(_percent(row[c]) for c in radius_columns),
-            "" if pd.isna(row["acr"]) else f"{row['acr']:.3f}",
-            _percent(row["abstain_rate"]),
-            _percent(row["clean_accuracy"]),
-        ]
-        for row in table.to_dict("records")
-    ]
+    shown = pd.DataFrame(
+        {
+            "sigma": [f"**{s}**" if s == BEST else s for s in table["sigma"]],
+            **{f"r = {c[2:]}": table[c].map(_percent) for c in radius_columns},
+            "ACR": table["acr"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}"),
+            "abstain (%)": table["abstain_rate"].map(_percent),
+            "clean (%)": table["clean_accuracy"].map(_percent),
+        }
+    )
     text = (
         f"# Certified accuracy: {dataset}\n\n"
         f"Certified accuracy (%) of the smoothed classifier at L2 radius r, in [0, 1] pixel units, "
         f"on {int(table['images'].iloc[0])} test images; **best** is the best over sigma at each "
         "radius. ACR: average certified radius. Clean: the smoothed classifier's accuracy "
-        "(abstentions count as errors).\n\n" + _markdown(header, rows)
+        "(abstentions count as errors).\n\n" + _to_markdown(shown)
     )
     if reference_points:
         radii = sorted({float(r) for point in reference_points for r in point["radii"]})
-        ref_rows = []
-        for point in reference_points:
-            values = dict(zip(map(float, point["radii"]), point["certified_accuracy"], strict=True))
-            ref_rows.append([point["label"], *(_percent(values.get(r, np.nan)) for r in radii)])
-        ref_header = ["published", *(f"r = {format_value(r)}" for r in radii)]
-        text += "\n## Published results\n\n" + _markdown(ref_header, ref_rows)
+        published = pd.DataFrame(
+            [
+                {
+                    "published": point["label"],
+                    **{
+                        f"r = {format_value(r)}": _percent(value)
+                        for r, value in zip(
+                            point["radii"], point["certified_accuracy"], strict=True
+                        )
+                    },
+                }
+                for point in reference_points
+            ],
+            columns=["published", *(f"r = {format_value(r)}" for r in radii)],
+        ).fillna("")
+        text += "\n## Published results\n\n" + _to_markdown(published)
     return text
+
+
+def _to_markdown(frame: pd.DataFrame) -> str:
+    """A pipe table with right-aligned columns (tabulate, via pandas)."""
+    align = ["right"] * frame.shape[1]
+    return frame.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n"
 
 
 def plot_curves(
