@@ -1,7 +1,8 @@
-"""File helpers shared by every layer: atomic writes and code-free loading."""
+"""File helpers shared by every layer: atomic writes, code-free loading and run locks."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from contextlib import contextmanager
@@ -45,3 +46,37 @@ def safe_torch_load(path: str | Path | IO[bytes], map_location: Any = "cpu") -> 
     except Exception as e:
         msg = f"{path} is not a readable torch file (corrupt, or holds code): {e}"
         raise ValueError(msg) from e
+
+
+class LockedError(RuntimeError):
+    """Another process holds the lock."""
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, what: str):
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the block.
+
+    A second process asking for the same lock fails at once with a :class:`LockedError` naming
+    ``what`` and the holder's pid. The operating system drops the lock when its holder exits,
+    even on ``kill -9``, so a dead run never blocks the next one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise LockedError(
+                f"another process (pid {holder}) is using {what}; wait for it to finish, or "
+                f"stop it (the lock {path} is released when its process exits)"
+            ) from None
+        f.truncate(0)
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)

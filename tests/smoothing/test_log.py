@@ -1,9 +1,11 @@
+import multiprocessing
+
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from scipy.stats import norm
 
+from dmae_pipeline.io import LockedError, exclusive_lock
 from dmae_pipeline.smoothing import (
     LOG_COLUMNS,
     Smooth,
@@ -14,6 +16,7 @@ from dmae_pipeline.smoothing import (
     read_log,
     shard_indices,
 )
+from dmae_pipeline.smoothing.log import lock_path
 
 from .toys import LinearModel
 
@@ -44,18 +47,23 @@ def without_time(path) -> list[list[str]]:
     return [row[:5] + row[6:] for row in rows]
 
 
+def assert_same_certificates(log, other):
+    assert list(log) == list(other)
+    for column in log:
+        if column != "time":
+            np.testing.assert_array_equal(log[column], other[column], err_msg=column)
+
+
 def test_rows_are_certificates_of_their_images(smooth, dataset, tmp_path):
     log = run(smooth, dataset, range(10), tmp_path / "log.tsv")
-    assert tuple(log.columns) == LOG_COLUMNS
+    assert tuple(log) == LOG_COLUMNS
     assert (tmp_path / "log.tsv").read_text().splitlines()[0].split("\t") == list(LOG_COLUMNS)
     assert log["idx"].tolist() == list(range(10))
     labels = [int(label) for _, label in dataset]
     assert log["label"].tolist() == labels
     assert (log["correct"] == (log["predict"] == log["label"])).all()
     assert (log["n"] == N).all() and (log["time"] >= 0).all()
-    np.testing.assert_array_equal(
-        log["pA_lower"], lower_confidence_bound(log["nA"].to_numpy(), N, ALPHA)
-    )
+    np.testing.assert_array_equal(log["pA_lower"], lower_confidence_bound(log["nA"], N, ALPHA))
     certified = log["predict"] != -1
     assert 0 < certified.sum() < 10, "the fixture should mix certified and abstained images"
     assert (log["pA_lower"][certified] >= 0.5).all() and (log["radius"][~certified] == 0).all()
@@ -66,7 +74,7 @@ def test_rows_are_certificates_of_their_images(smooth, dataset, tmp_path):
     image, _ = dataset[6]
     generator = torch.Generator().manual_seed(image_seed(SEED, 6))
     cert = smooth.certify_detailed(image, N0, N, ALPHA, BATCH, generator)
-    assert log.loc[6, ["predict", "radius", "nA", "pA_lower"]].tolist() == [
+    assert [log[c][6] for c in ("predict", "radius", "nA", "pA_lower")] == [
         cert.prediction,
         cert.radius,
         cert.n_a,
@@ -83,9 +91,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_file(smooth, dataset, tmp_p
         f.write("4\t2\t-1\t0.0")
     log = run(smooth, dataset, range(10), resumed)
     assert without_time(resumed) == without_time(uninterrupted)
-    pd.testing.assert_frame_equal(
-        log.drop(columns="time"), read_log(uninterrupted).drop(columns="time")
-    )
+    assert_same_certificates(log, read_log(uninterrupted))
     # a finished log is left as it is
     before = resumed.read_text()
     run(smooth, dataset, range(10), resumed)
@@ -101,11 +107,64 @@ def test_merged_shards_equal_the_unsharded_run(smooth, dataset, tmp_path):
     merged_path = tmp_path / "merged.tsv"
     merged = merge_logs(reversed(shards), merged_path)
     assert merged["idx"].tolist() == [0, 2, 4, 6, 8]
-    pd.testing.assert_frame_equal(merged.drop(columns="time"), read_log(whole).drop(columns="time"))
+    assert_same_certificates(merged, read_log(whole))
     assert without_time(merged_path) == without_time(whole)
-    pd.testing.assert_frame_equal(read_log(merged_path), merged)
-    with pytest.raises(ValueError, match="overlap"):
-        merge_logs([shards[0], shards[0]])
+    assert_same_certificates(read_log(merged_path), merged)
+    np.testing.assert_array_equal(read_log(merged_path)["time"], merged["time"])
+
+
+def test_repeated_rows_are_kept_once_and_conflicting_ones_refused(smooth, dataset, tmp_path):
+    """Two runs that certified the same images write the same certificates at other times."""
+    first, second = tmp_path / "first.tsv", tmp_path / "second.tsv"
+    run(smooth, dataset, [0, 1, 2], first)
+    run(smooth, dataset, [1, 2, 3], second)
+    merged = merge_logs([first, second, first])
+    assert merged["idx"].tolist() == [0, 1, 2, 3]
+    assert_same_certificates(
+        {c: merged[c][1:3] for c in merged}, {c: v[1:] for c, v in read_log(first).items()}
+    )
+    lines = second.read_text().splitlines()
+    fields = lines[1].split("\t")
+    fields[2] = "-1" if fields[2] != "-1" else "0"  # image 1's prediction, changed
+    second.write_text("\n".join([lines[0], "\t".join(fields), *lines[2:]]) + "\n")
+    with pytest.raises(ValueError, match="disagree about image idx 1"):
+        merge_logs([first, second])
+
+
+def _hold_lock(path, ready, release):
+    with exclusive_lock(path, "the test log"):
+        ready.set()
+        release.wait(30)
+
+
+def test_a_second_writer_stops_at_once_while_the_first_holds_the_log(smooth, dataset, tmp_path):
+    log = tmp_path / "log.tsv"
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_lock, args=(lock_path(log), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        expected = rf"pid {holder.pid}\) is using the certification log"
+        with pytest.raises(LockedError, match=expected):
+            run(smooth, dataset, [0], log)
+        assert not log.exists()
+    finally:
+        release.set()
+        holder.join(30)
+    assert run(smooth, dataset, [0], log)["idx"].tolist() == [0]
+
+
+def test_a_killed_writer_leaves_no_lock_behind(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_lock, args=(tmp_path / ".x.lock", ready, release))
+    holder.start()
+    assert ready.wait(60)
+    holder.kill()
+    holder.join(30)
+    with exclusive_lock(tmp_path / ".x.lock", "x"):
+        pass
 
 
 def test_refuses_a_log_of_other_settings_or_format(smooth, dataset, tmp_path):

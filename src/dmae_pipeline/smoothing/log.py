@@ -6,23 +6,24 @@ then one row per image, appended and flushed as soon as the image is certified. 
 seconds. The noise of image ``idx`` comes from a generator seeded with
 ``image_seed(base_seed, idx)``, so a row does not depend on which other images ran before it, in
 which process, or whether the run was interrupted.
+
+A log is read back as columns: ``{column name: numpy array}``, rows in file order. One process
+at a time writes a log: a lock file beside it (``.<name>.lock``) keeps a second run out.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from scipy.stats import norm
 from tqdm.auto import tqdm
 
-from dmae_pipeline.io import atomic_write
+from dmae_pipeline.io import atomic_write, exclusive_lock
 from dmae_pipeline.smoothing.bounds import check_alpha, lower_confidence_bound
 from dmae_pipeline.smoothing.core import Certificate, Smooth
 
@@ -30,6 +31,9 @@ LOG_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "nA", "n"
 COHEN_COLUMNS = LOG_COLUMNS[:6]
 _INT_COLUMNS = ("idx", "label", "predict", "correct", "nA", "n")
 _FLOAT_COLUMNS = ("radius", "pA_lower")
+
+Log = dict[str, np.ndarray]
+"""A certification log as columns: name -> array, one entry per row."""
 
 
 def image_seed(base_seed: int, idx: int) -> int:
@@ -87,24 +91,38 @@ def _complete_text(path: Path) -> str:
     return text[: text.rfind("\n") + 1]
 
 
-def _parse(text: str, path: Path) -> pd.DataFrame:
-    header = text.split("\n", 1)[0].split("\t")
+def _column(name: str, cells: list[str]) -> np.ndarray:
+    if name in _INT_COLUMNS:
+        return np.array([int(c) for c in cells], dtype=np.int64)
+    if name in _FLOAT_COLUMNS:
+        return np.array([float(c) for c in cells], dtype=np.float64)
+    try:  # time: seconds here, a timedelta string in Cohen et al.'s logs
+        return np.array([float(c) for c in cells], dtype=np.float64)
+    except ValueError:
+        return np.array(cells)
+
+
+def _parse(text: str, path: Path) -> Log:
+    lines = text.splitlines()
+    header = lines[0].split("\t")
     missing = [c for c in COHEN_COLUMNS if c not in header]
     if missing:
         raise ValueError(
             f"{path} is not a certification log: header {header} lacks {missing}; expected "
             f"tab-separated columns starting {' '.join(COHEN_COLUMNS)}"
         )
-    dtypes = {c: "int64" for c in _INT_COLUMNS if c in header}
-    dtypes |= {c: "float64" for c in _FLOAT_COLUMNS if c in header}
+    rows = [line.split("\t") for line in lines[1:]]
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise ValueError(f"{path} line {number} has {len(row)} fields, not {len(header)}")
     try:
-        return pd.read_csv(io.StringIO(text), sep="\t", dtype=dtypes)
+        return {name: _column(name, [row[i] for row in rows]) for i, name in enumerate(header)}
     except ValueError as e:
         raise ValueError(f"{path} has a malformed row: {e}") from e
 
 
-def read_log(path: str | Path) -> pd.DataFrame:
-    """Read a certification log (this package's, or Cohen et al.'s six-column one) as a DataFrame,
+def read_log(path: str | Path) -> Log:
+    """Read a certification log (this package's, or Cohen et al.'s six-column one) as columns,
     ignoring a trailing incomplete row."""
     path = Path(path)
     text = _complete_text(path)
@@ -113,23 +131,32 @@ def read_log(path: str | Path) -> pd.DataFrame:
     return _parse(text, path)
 
 
-def _check_full_log(log: pd.DataFrame, path: str | Path) -> None:
-    if tuple(log.columns) != LOG_COLUMNS:
-        raise ValueError(f"{path} has columns {list(log.columns)}, expected {list(LOG_COLUMNS)}")
+def _rows(log: Log) -> list[tuple]:
+    return list(zip(*(log[c].tolist() for c in LOG_COLUMNS), strict=True))
 
 
-def _check_settings(log: pd.DataFrame, path: Path, n: int, alpha: float, sigma: float) -> None:
+def _without_time(row: tuple) -> tuple:
+    at = LOG_COLUMNS.index("time")
+    return row[:at] + row[at + 1 :]
+
+
+def _check_full_log(log: Log, path: str | Path) -> None:
+    if tuple(log) != LOG_COLUMNS:
+        raise ValueError(f"{path} has columns {list(log)}, expected {list(LOG_COLUMNS)}")
+
+
+def _check_settings(log: Log, path: Path, n: int, alpha: float, sigma: float) -> None:
     """Refuse a log whose rows were made with another n, alpha or sigma: the rows record n, and
     pA_lower (the bound on nA out of n) and radius (sigma * Phi^-1(pA_lower)) pin the other two."""
-    other_n = sorted(set(log["n"]) - {n})
+    other_n = sorted(set(log["n"].tolist()) - {n})
     if other_n:
         raise ValueError(f"{path} holds rows certified with n={other_n}, not n={n}")
-    bounds = lower_confidence_bound(log["nA"].to_numpy(), log["n"].to_numpy(), alpha)
+    bounds = lower_confidence_bound(log["nA"], log["n"], alpha)
     if not np.allclose(log["pA_lower"], bounds, rtol=1e-9, atol=0):
         raise ValueError(f"{path} holds rows certified with another alpha than {alpha}")
-    certified = log[log["predict"] != Smooth.ABSTAIN]
-    radii = sigma * norm.ppf(certified["pA_lower"].to_numpy())
-    if not np.allclose(certified["radius"], radii, rtol=1e-9, atol=0):
+    certified = log["predict"] != Smooth.ABSTAIN
+    radii = sigma * norm.ppf(log["pA_lower"][certified])
+    if not np.allclose(log["radius"][certified], radii, rtol=1e-9, atol=0):
         raise ValueError(f"{path} holds rows certified with another sigma than {sigma}")
 
 
@@ -154,6 +181,12 @@ def _open_for_append(path: Path, n: int, alpha: float, sigma: float) -> set[int]
     return set(log["idx"].tolist())
 
 
+def lock_path(log_path: str | Path) -> Path:
+    """The lock file that keeps a second writer away from ``log_path``."""
+    log_path = Path(log_path)
+    return log_path.with_name(f".{log_path.name}.lock")
+
+
 def _model_device(model: torch.nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
@@ -172,13 +205,14 @@ def certify_dataset(
     *,
     device: str | torch.device | None = None,
     progress: bool = True,
-) -> pd.DataFrame:
+) -> Log:
     """CERTIFY each image ``dataset[idx]`` for ``idx`` in ``indices``, appending one row per image.
 
     Indices already in the log are skipped, so rerunning a killed run with the same arguments
     finishes it, and the file then equals an uninterrupted run's (up to the ``time`` column). A log
     made with another n, alpha or sigma is refused; n0 and base_seed leave no trace in the rows, so
-    name the file after them.
+    name the file after them. While it runs, a second process certifying into the same log stops
+    at once with a :class:`~dmae_pipeline.io.LockedError`.
 
     :param smooth: the smoothed classifier
     :param dataset: indexable; ``dataset[idx]`` is (image [C, H, W] in [0, 1], label)
@@ -203,6 +237,25 @@ def certify_dataset(
     image_seed(base_seed, 0)  # checks base_seed before any work
     device = torch.device(device) if device is not None else _model_device(smooth.model)
     log_path = Path(log_path)
+    with exclusive_lock(lock_path(log_path), f"the certification log {log_path}"):
+        _certify_into(smooth, dataset, indices, n0, n, alpha, batch_size, log_path, base_seed,
+                      device, progress)  # fmt: skip
+    return read_log(log_path)
+
+
+def _certify_into(
+    smooth: Smooth,
+    dataset,
+    indices: list[int],
+    n0: int,
+    n: int,
+    alpha: float,
+    batch_size: int,
+    log_path: Path,
+    base_seed: int,
+    device: torch.device,
+    progress: bool,
+) -> None:
     done = _open_for_append(log_path, n, check_alpha(alpha), smooth.sigma)
     pending = [i for i in indices if i not in done]
     bar = tqdm(total=len(pending), unit="img", desc=log_path.name, disable=not progress)
@@ -225,29 +278,39 @@ def certify_dataset(
             bar.update()
             elapsed = time.perf_counter() - started
             bar.set_postfix(samples_per_s=f"{count * (n0 + n) / elapsed:.4g}")
-    return read_log(log_path)
 
 
-def merge_logs(paths: Iterable[str | Path], out_path: str | Path | None = None) -> pd.DataFrame:
+def merge_logs(paths: Iterable[str | Path], out_path: str | Path | None = None) -> Log:
     """Join the logs of shards into one, sorted by ``idx``; write it atomically to ``out_path`` if
-    given. Refuses shards that overlap or were certified with different ``n``."""
+    given.
+
+    A row repeated with the same certificate (every column but ``time`` equal, as two runs of the
+    same settings write it) is kept once. Refuses shards that disagree about an image or were
+    certified with different ``n``.
+    """
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("paths must name at least one certification log")
-    logs = []
+    rows = []
     for path in paths:
         log = read_log(path)
         _check_full_log(log, path)
-        logs.append(log)
-    merged = pd.concat(logs, ignore_index=True).sort_values("idx", kind="stable")
-    merged = merged.reset_index(drop=True)
-    repeated = merged["idx"][merged["idx"].duplicated()].tolist()
-    if repeated:
-        raise ValueError(f"the logs {[str(p) for p in paths]} overlap: idx {repeated[:5]} repeats")
-    if merged["n"].nunique() > 1:
-        raise ValueError(f"the logs {[str(p) for p in paths]} mix n={sorted(merged['n'].unique())}")
+        rows += _rows(log)
+    kept: dict[int, tuple] = {}
+    for row in sorted(rows, key=lambda row: row[0]):
+        first = kept.setdefault(row[0], row)
+        if _without_time(first) != _without_time(row):
+            raise ValueError(
+                f"the logs {[str(p) for p in paths]} disagree about image idx {row[0]}: "
+                f"{_without_time(first)} and {_without_time(row)} (all columns but time)"
+            )
+    merged = {c: np.array([row[i] for row in kept.values()]) for i, c in enumerate(LOG_COLUMNS)}
+    if len(set(merged["n"].tolist())) > 1:
+        raise ValueError(
+            f"the logs {[str(p) for p in paths]} mix n={sorted(set(merged['n'].tolist()))}"
+        )
     if out_path is not None:
         with atomic_write(out_path, "w") as f:
             f.write("\t".join(LOG_COLUMNS) + "\n")
-            f.writelines(_format_row(row) for row in merged.itertuples(index=False))
+            f.writelines(_format_row(row) for row in kept.values())
     return merged

@@ -262,7 +262,7 @@ def merge_certification_logs(certification_logs: Mapping[str, Mapping[str, Any]]
                 f"certify.shard_index=<shard> certify.num_shards={count}, or copy their logs "
                 "there from the machines that ran them, then run the certify pipeline again"
             )
-        log = merge_logs(shard["log"] for shard in shards)
+        log = pd.DataFrame(merge_logs(shard["log"] for shard in shards))
         done = set(log["idx"].tolist())
         lacking = {
             i: len(set(shard["indices"]) - done)
