@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import pickle
 
 import pytest
 import torch
@@ -154,3 +156,95 @@ def test_export_finetuned_format(tiny_encoder, tmp_path):
     model = build_classifier("tiny", 4, **tiny_encoder)
     assert load_pretrained(model, path) == ([], [])
     assert torch.equal(model.head.weight, source.head.weight)
+
+
+def save_like_the_public_code(model: torch.nn.Module, path) -> argparse.Namespace:
+    """A training checkpoint as the public DMAE/MAE code's save_model writes it: the state dicts
+    of the model, the optimizer and the AMP scaler, the epoch and the argparse arguments."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
+    model(torch.rand(2, 3, 16, 16), generator=torch.Generator().manual_seed(0))[0].backward()
+    optimizer.step()
+    args = argparse.Namespace(
+        batch_size=64,
+        epochs=1100,
+        accum_iter=1,
+        model="dmae_vit_base_patch16",
+        input_size=224,
+        mask_ratio=0.75,
+        norm_pix_loss=True,
+        sigma=0.25,
+        weight_decay=0.05,
+        lr=0.0024,
+        blr=1.5e-4,
+        min_lr=0.0,
+        warmup_epochs=40,
+        data_path="/datasets/imagenet",
+        output_dir="./output_dir",
+        log_dir="./output_dir",
+        device="cuda",
+        seed=0,
+        resume="",
+        start_epoch=0,
+        num_workers=10,
+        pin_mem=True,
+        world_size=64,
+        local_rank=-1,
+        dist_on_itp=False,
+        dist_url="env://",
+        distributed=True,
+        rank=0,
+        gpu=0,
+        dist_backend="nccl",
+    )
+    to_save = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": 1099,
+        "scaler": torch.amp.GradScaler("cpu").state_dict(),
+        "args": args,
+    }
+    torch.save(to_save, path)
+    return args
+
+
+def test_a_training_checkpoint_of_the_public_code_loads(tiny, tmp_path):
+    source = build_dmae("tiny", **tiny)
+    path = tmp_path / "checkpoint-1099.pth"
+    args = save_like_the_public_code(source, path)
+    checkpoint = safe_torch_load(path)
+    assert checkpoint["args"] == args and checkpoint["epoch"] == 1099
+    assert checkpoint["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.95)
+    model = build_dmae("tiny", **tiny)
+    assert load_pretrained(model, path) == ([], [])
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    # The allowance is the loader's own: plain weights-only loading still refuses the file.
+    with pytest.raises(pickle.UnpicklingError, match=r"argparse\.Namespace"):
+        torch.load(path, weights_only=True)
+
+
+class _WritesAFile:
+    """Unpickling this runs code: it writes ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+@pytest.mark.parametrize("where", ["top", "in_args"])
+def test_a_file_that_would_run_code_is_refused(tmp_path, where):
+    marker = tmp_path / "marker"
+    payload = _WritesAFile(marker)
+    if where == "in_args":
+        payload = {"model": {"w": torch.zeros(2)}, "args": argparse.Namespace(lr=payload)}
+    path = tmp_path / "crafted.pth"
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=r"crafted\.pth is not a readable torch file .*holds code"):
+        safe_torch_load(path)
+    with pytest.raises(ValueError, match="holds code"):
+        load_pretrained(torch.nn.Linear(2, 2), path)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the same file through a full unpickler runs the code
+    assert marker.read_text() == "ran"
