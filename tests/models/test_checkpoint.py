@@ -8,6 +8,7 @@ import pickle
 
 import pytest
 import torch
+from timm.layers import resample_abs_pos_embed
 
 from dmae_pipeline.io import atomic_torch_save, safe_torch_load
 from dmae_pipeline.models import (
@@ -17,7 +18,7 @@ from dmae_pipeline.models import (
     export_pretrained,
     load_pretrained,
 )
-from dmae_pipeline.models.pos_embed import interpolate_pos_embed
+from dmae_pipeline.models.pos_embed import sincos_pos_embed_2d
 
 BLOCK = {
     "norm1.weight": lambda d: (d,),
@@ -61,21 +62,38 @@ def released_dmae_state(dim=32, depth=2, dec=16, dec_depth=1, grid=2, p=4, c=3) 
     return {k: torch.randn(s, generator=g) for k, s in shapes.items()}
 
 
-def test_released_dmae_file_of_another_grid_loads_into_a_dmae(tiny, tmp_path):
-    released = released_dmae_state(grid=2)  # trained at 8x8 inputs
+def test_released_dmae_file_of_another_grid_loads_into_a_dmae(tiny, tmp_path, caplog):
+    """The fixed sin-cos tables are computed for the model's own grid, never resampled."""
+    released = released_dmae_state(grid=4)  # trained at 16x16 inputs: a 4x4 grid
     path = tmp_path / "dmae_tiny_sigma_0.25.pth"
     torch.save(released, path)
-    model = build_dmae("tiny", **tiny)  # 16x16 inputs: a 4x4 grid
-    missing, unexpected = load_pretrained(model, path)
+    model = build_dmae("tiny", **{**tiny, "img_size": 32})  # an 8x8 grid
+    with caplog.at_level(logging.INFO, logger="dmae_pipeline.models.checkpoint"):
+        missing, unexpected = load_pretrained(model, path)
     assert missing == [] and unexpected == []
+    assert torch.equal(model.pos_embed, sincos_pos_embed_2d(32, 8))
+    assert torch.equal(model.decoder_pos_embed, sincos_pos_embed_2d(16, 8))
     state = model.state_dict()
-    for key in ("pos_embed", "decoder_pos_embed"):
-        assert state[key].shape[1] == 1 + 16
-        torch.testing.assert_close(state[key], interpolate_pos_embed(released[key], 4))
-        torch.testing.assert_close(state[key][:, 0], released[key][:, 0])
     for key, value in released.items():
         if "pos_embed" not in key:
             assert torch.equal(state[key], value), key
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "fixed pos_embed recomputed for the 8x8 grid (the checkpoint's 4x4" in message
+    assert "fixed decoder_pos_embed recomputed for the 8x8 grid" in message
+
+
+@pytest.mark.parametrize(("old", "new"), [(4, 8), (4, 2)], ids=["up", "down"])
+def test_a_learnable_table_is_resampled_as_timm_does(tiny_encoder, old, new, caplog):
+    source = build_classifier("tiny", 10, **{**tiny_encoder, "img_size": 4 * old})
+    with torch.no_grad():
+        source.pos_embed.normal_(generator=torch.Generator().manual_seed(0))
+    model = build_classifier("tiny", 10, **{**tiny_encoder, "img_size": 4 * new})
+    with caplog.at_level(logging.INFO, logger="dmae_pipeline.models.checkpoint"):
+        assert load_pretrained(model, source.state_dict()) == ([], [])
+    expected = resample_abs_pos_embed(source.pos_embed.detach(), new_size=[new, new])
+    assert torch.equal(model.pos_embed.detach(), expected)
+    assert torch.equal(model.pos_embed[:, 0], source.pos_embed[:, 0])  # the cls row is kept
+    assert f"pos_embed resampled from a {old}x{old} to a {new}x{new} grid" in caplog.text
 
 
 def test_released_dmae_file_into_a_classifier_reports_the_rest(tiny_encoder, caplog):
