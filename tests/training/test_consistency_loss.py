@@ -110,19 +110,9 @@ def test_bf16_logits_are_scored_in_float32():
     assert loss.dtype == torch.float32
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"m": 0}, "m: expected an integer >= 1"),
-        ({"m": 5}, "logits: expected shape"),
-        ({"lam": -1.0}, "lam and eta"),
-        ({"label_smoothing": 1.0}, "label_smoothing"),
-    ],
-)
-def test_bad_arguments_are_refused(kwargs, match):
-    args = {"m": 2, "lam": 1.0, "eta": 0.5} | kwargs
-    with pytest.raises(ValueError, match=match):
-        consistency_loss(torch.zeros(8, 3), torch.zeros(4, dtype=torch.long), **args)
+def test_shape_mismatches_are_refused():
+    with pytest.raises(ValueError, match="logits: expected shape"):
+        consistency_loss(torch.zeros(8, 3), torch.zeros(4, dtype=torch.long), m=5, lam=1, eta=0)
 
 
 def test_labels_must_match_the_batch():
@@ -204,19 +194,3 @@ def test_mixup_needs_an_even_batch():
     images, labels = _batch(5)
     with pytest.raises(ValueError, match="even batch size"):
         loss_fn(Recorder(), (images, labels), torch.Generator())
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"sigma": -0.1}, "sigma"),
-        ({"num_classes": 1}, "num_classes"),
-        ({"m": 0}, "m: expected"),
-        ({"eta": -1.0}, "lam and eta"),
-        ({"mixup": -0.5}, "mixup and cutmix"),
-        ({"mixup_prob": 1.5}, "mixup_prob"),
-    ],
-)
-def test_noisy_loss_refuses_bad_settings(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        noisy_classification_loss(**({"sigma": 0.25, "num_classes": 4} | kwargs))

@@ -19,15 +19,6 @@ from timm.data import Mixup
 LossFn = Callable[[torch.nn.Module, tuple, torch.Generator], torch.Tensor]
 
 
-def _check_consistency_args(m: int, lam: float, eta: float, label_smoothing: float) -> None:
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise ValueError(f"m: expected an integer >= 1 (noisy copies per sample), got {m!r}")
-    if lam < 0 or eta < 0:
-        raise ValueError(f"lam and eta: expected numbers >= 0, got lam={lam!r}, eta={eta!r}")
-    if not 0 <= label_smoothing < 1:
-        raise ValueError(f"label_smoothing: expected a number in [0, 1), got {label_smoothing!r}")
-
-
 def consistency_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -43,7 +34,6 @@ def consistency_loss(
     p_hat = mean_i p_i, computed in log space (logsumexp) so no probability is ever logged at 0.
     With m = 1 there is no consistency to enforce and the loss is the cross-entropy alone.
     """
-    _check_consistency_args(m, lam, eta, label_smoothing)
     if logits.ndim != 2 or logits.shape[0] % m:
         raise ValueError(f"logits: expected shape [m*B, K] with m={m}, got {tuple(logits.shape)}")
     n, k = logits.shape
@@ -94,15 +84,6 @@ def noisy_classification_loss(
     noise drawn from ``generator`` and added in float32; the model's logits scored by
     :func:`consistency_loss` (plain noise augmentation when m = 1).
     """
-    if not isinstance(sigma, int | float) or sigma < 0:
-        raise ValueError(f"sigma: expected a number >= 0, got {sigma!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes: expected an integer >= 2, got {num_classes!r}")
-    _check_consistency_args(m, lam, eta, label_smoothing)
-    if mixup < 0 or cutmix < 0:
-        raise ValueError(f"mixup and cutmix: expected alphas >= 0, got {mixup!r}, {cutmix!r}")
-    if not 0 <= mixup_prob <= 1 or not 0 <= mixup_switch_prob <= 1:
-        raise ValueError("mixup_prob and mixup_switch_prob: expected probabilities in [0, 1]")
     mixer = None
     if mixup > 0 or cutmix > 0:
         mixer = Mixup(
