@@ -79,10 +79,13 @@ def noisy_classification_loss(
 ) -> LossFn:
     """The engine's ``loss_fn(model, (images, labels), generator)`` for Gaussian-noise finetuning.
 
-    Per batch: mixup/cutmix on the clean [0,1] images if enabled (timm ``Mixup`` with its
-    label smoothing, seeded from ``generator``); each image repeated ``m`` times; N(0, sigma^2)
-    noise drawn from ``generator`` and added in float32; the model's logits scored by
-    :func:`consistency_loss` (plain noise augmentation when m = 1).
+    Per batch of B, in the public DMAE code's order: each [0,1] image repeated ``m`` times (copy i
+    of sample b is row i*B + b); N(0, sigma^2) noise drawn from ``generator`` and added in
+    float32; then, if enabled, mixup/cutmix on the m*B noisy images (timm ``Mixup``, batch mode,
+    with its label smoothing, seeded from ``generator``), so that a mixed image carries the two
+    independent noises of its two sources. Batch mode mixes row r with row m*B - 1 - r, so the m
+    copies of a sample share one soft target; the logits are scored by :func:`consistency_loss`
+    (plain noise augmentation when m = 1).
     """
     mixer = None
     if mixup > 0 or cutmix > 0:
@@ -91,6 +94,7 @@ def noisy_classification_loss(
             cutmix_alpha=cutmix,
             prob=mixup_prob,
             switch_prob=mixup_switch_prob,
+            mode="batch",
             label_smoothing=label_smoothing,
             num_classes=num_classes,
         )
@@ -99,18 +103,21 @@ def noisy_classification_loss(
 
     def loss_fn(model: torch.nn.Module, batch: tuple, generator: torch.Generator) -> torch.Tensor:
         images, labels = batch[0], batch[1]
-        if mixer is not None:
-            if images.shape[0] % 2:
-                raise ValueError(
-                    f"mixup/cutmix need an even batch size, got a batch of {images.shape[0]}"
-                )
-            seed = torch.randint(2**32, (), generator=generator, device=generator.device)
-            with _numpy_seeded(int(seed)):
-                images, labels = mixer(images.clone(), labels)
+        b = images.shape[0]
         x = images.float().repeat(m, *([1] * (images.ndim - 1)))
         if sigma > 0:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
             x = x + sigma * noise
+        if mixer is not None:
+            if x.shape[0] % 2:
+                raise ValueError(
+                    "mixup/cutmix pair the noisy copies of a batch and need an even number of "
+                    f"them: m * batch size = {m} * {b}"
+                )
+            seed = torch.randint(2**32, (), generator=generator, device=generator.device)
+            with _numpy_seeded(int(seed)):
+                x, targets = mixer(x, labels.repeat(m))
+            labels = targets[:b]
         return consistency_loss(model(x), labels, m, lam, eta, label_smoothing=ce_smoothing)
 
     return loss_fn
