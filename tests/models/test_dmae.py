@@ -201,33 +201,26 @@ def test_config_rebuilds_the_model_and_mae_is_a_setting(tiny):
     assert (mae.sigma, mae.loss_on) == (0.0, "masked")
 
 
-@pytest.mark.parametrize(
-    ("overrides", "name"),
-    [
-        ({"patch_size": 5}, "patch_size"),
-        ({"mask_ratio": 1.0}, "mask_ratio"),
-        ({"mask_ratio": -0.1}, "mask_ratio"),
-        ({"sigma": -0.25}, "sigma"),
-        ({"loss_on": "visible"}, "loss_on"),
-        ({"loss_on": "masked", "mask_ratio": 0.0}, "mask_ratio"),
-        ({"embed_dim": 30}, "embed_dim"),
-        ({"decoder_embed_dim": 18}, "decoder_embed_dim"),
-        ({"mean": [0.5]}, "mean"),
-        ({"std": [0.5, 0.0, 0.5]}, "std"),
-        ({"depth": 0}, "depth"),
-        ({"dropout": 0.1}, "dropout"),
-    ],
-)
-def test_bad_arguments_are_refused(tiny, overrides, name):
-    with pytest.raises(ValueError, match=name):
-        build_dmae("tiny", **{**tiny, **overrides})
-
-
-def test_bad_preset_and_forward_arguments(tiny):
-    with pytest.raises(ValueError, match="preset"):
-        build_dmae("huge")
+@pytest.mark.parametrize("mask_ratio", [1.0, 0.95, 1.5])
+def test_a_mask_ratio_that_leaves_no_visible_patch_is_refused(tiny, mask_ratio):
+    """16 patches: 0.95 keeps int(16 * 0.05) = 0 of them."""
+    message = rf"mask_ratio={mask_ratio} leaves no visible patch of the 16"
+    with pytest.raises(ValueError, match=message):
+        build_dmae("tiny", **tiny, mask_ratio=mask_ratio)
     model = build_dmae("tiny", **tiny)
-    with pytest.raises(ValueError, match="mask_ratio"):
-        model(torch.rand(1, 3, 16, 16), mask_ratio=1.0)
+    with pytest.raises(ValueError, match=message):
+        model(torch.rand(1, 3, 16, 16), mask_ratio=mask_ratio)
+    _, _, mask = model(torch.rand(1, 3, 16, 16), mask_ratio=0.9)  # int(16 * 0.1) = 1 is enough
+    assert mask.sum() == 15
+
+
+def test_bad_preset_and_arguments_are_refused(tiny):
+    with pytest.raises(ValueError, match=r"preset must be one of \[.*'tiny'.*\], got 'huge'"):
+        build_dmae("huge")
+    with pytest.raises(ValueError, match=r"unknown model arguments \['dropout'\]; accepted: \["):
+        build_dmae("tiny", **tiny, dropout=0.1)
+    with pytest.raises(ValueError, match=r"loss_on must be one of \('all', 'masked'\)"):
+        build_dmae("tiny", **tiny, loss_on="visible")
+    model = build_dmae("tiny", **tiny)
     with pytest.raises(ValueError, match="imgs"):
         model(torch.rand(1, 1, 16, 16))
