@@ -276,7 +276,7 @@ class DMAE(nn.Module):
 
 
 def build_dmae(preset: str, **overrides: Any) -> DMAE:
-    """A DMAE from a preset (tiny, small, base, large) and free overrides of
+    """A DMAE from a preset (pico, nano, tiny, small, base, large) and free overrides of
     img_size, patch_size, in_chans, embed_dim, depth, num_heads, decoder_embed_dim, decoder_depth,
     decoder_num_heads, mlp_ratio, sigma, mask_ratio, norm_pix_loss, loss_on, mean, std.
 

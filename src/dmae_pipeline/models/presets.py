@@ -8,7 +8,24 @@ from typing import Any
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 # Encoder sizes follow ViT-Ti/S/B/L; base/large use MAE's decoder (512 wide, 8 blocks, 16 heads).
+# nano (128 wide, 4 blocks) and pico (32 wide, 2 blocks) are small models for CPU runs and tests.
 PRESETS: dict[str, dict[str, int]] = {
+    "pico": dict(
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        decoder_embed_dim=32,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    ),
+    "nano": dict(
+        embed_dim=128,
+        depth=4,
+        num_heads=4,
+        decoder_embed_dim=64,
+        decoder_depth=2,
+        decoder_num_heads=4,
+    ),
     "tiny": dict(
         embed_dim=192,
         depth=12,
