@@ -117,7 +117,7 @@ def noisy_classification_loss(
             seed = torch.randint(2**32, (), generator=generator, device=generator.device)
             with _numpy_seeded(int(seed)):
                 x, targets = mixer(x, labels.repeat(m))
-            labels = targets[:b]
+            labels = targets[:b]  # the m blocks of targets are equal: one per sample
         return consistency_loss(model(x), labels, m, lam, eta, label_smoothing=ce_smoothing)
 
     return loss_fn
