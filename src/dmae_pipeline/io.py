@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import os
 import tempfile
@@ -38,9 +39,14 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 def safe_torch_load(path: str | Path | IO[bytes], map_location: Any = "cpu") -> Any:
-    """``torch.load`` that refuses pickled code, with an error that names the file."""
+    """``torch.load`` that refuses pickled code, with an error that names the file.
+
+    Besides tensors and plain containers it accepts ``argparse.Namespace`` (the ``args`` of the
+    public DMAE/MAE training checkpoints); the allowance holds for this call only.
+    """
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as e:

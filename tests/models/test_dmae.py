@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from dmae_pipeline.models import build_classifier, build_dmae
+from dmae_pipeline.models import DMAE, build_classifier, build_dmae
 from dmae_pipeline.models.pos_embed import sincos_pos_embed_2d
 
 
@@ -201,33 +201,94 @@ def test_config_rebuilds_the_model_and_mae_is_a_setting(tiny):
     assert (mae.sigma, mae.loss_on) == (0.0, "masked")
 
 
-@pytest.mark.parametrize(
-    ("overrides", "name"),
-    [
-        ({"patch_size": 5}, "patch_size"),
-        ({"mask_ratio": 1.0}, "mask_ratio"),
-        ({"mask_ratio": -0.1}, "mask_ratio"),
-        ({"sigma": -0.25}, "sigma"),
-        ({"loss_on": "visible"}, "loss_on"),
-        ({"loss_on": "masked", "mask_ratio": 0.0}, "mask_ratio"),
-        ({"embed_dim": 30}, "embed_dim"),
-        ({"decoder_embed_dim": 18}, "decoder_embed_dim"),
-        ({"mean": [0.5]}, "mean"),
-        ({"std": [0.5, 0.0, 0.5]}, "std"),
-        ({"depth": 0}, "depth"),
-        ({"dropout": 0.1}, "dropout"),
-    ],
-)
-def test_bad_arguments_are_refused(tiny, overrides, name):
-    with pytest.raises(ValueError, match=name):
-        build_dmae("tiny", **{**tiny, **overrides})
-
-
-def test_bad_preset_and_forward_arguments(tiny):
-    with pytest.raises(ValueError, match="preset"):
-        build_dmae("huge")
+@pytest.mark.parametrize("mask_ratio", [1.0, 0.95, 1.5])
+def test_a_mask_ratio_that_leaves_no_visible_patch_is_refused(tiny, mask_ratio):
+    """16 patches: 0.95 keeps int(16 * 0.05) = 0 of them."""
+    message = rf"mask_ratio={mask_ratio} leaves no visible patch of the 16"
+    with pytest.raises(ValueError, match=message):
+        build_dmae("tiny", **tiny, mask_ratio=mask_ratio)
     model = build_dmae("tiny", **tiny)
-    with pytest.raises(ValueError, match="mask_ratio"):
-        model(torch.rand(1, 3, 16, 16), mask_ratio=1.0)
+    with pytest.raises(ValueError, match=message):
+        model(torch.rand(1, 3, 16, 16), mask_ratio=mask_ratio)
+    _, _, mask = model(torch.rand(1, 3, 16, 16), mask_ratio=0.9)  # int(16 * 0.1) = 1 is enough
+    assert mask.sum() == 15
+
+
+def test_bad_preset_and_arguments_are_refused(tiny):
+    with pytest.raises(ValueError, match=r"preset must be one of \[.*'tiny'.*\], got 'huge'"):
+        build_dmae("huge")
+    with pytest.raises(ValueError, match=r"unknown model arguments \['dropout'\]; accepted: \["):
+        build_dmae("tiny", **tiny, dropout=0.1)
+    with pytest.raises(ValueError, match=r"loss_on must be one of \('all', 'masked'\)"):
+        build_dmae("tiny", **tiny, loss_on="visible")
+    model = build_dmae("tiny", **tiny)
     with pytest.raises(ValueError, match="imgs"):
         model(torch.rand(1, 1, 16, 16))
+
+
+def by_hand_pred(model, noisy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The DMAE's prediction written without any shuffle: each patch embedded with its own
+    position, the visible ones encoded in patch order, mask tokens put straight at the masked
+    positions."""
+    tokens = model.patch_embed(noisy) + model.pos_embed[:, 1:]
+    cls = model.cls_token[0] + model.pos_embed[0, :1]
+    preds = []
+    for sample, hidden in zip(tokens, mask.bool(), strict=True):
+        latent = model.norm(model.blocks(torch.cat([cls, sample[~hidden]])[None]))
+        latent = model.decoder_embed(latent)[0]
+        full = model.mask_token[0].expand(len(hidden), -1).clone()
+        full[~hidden] = latent[1:]
+        x = torch.cat([latent[:1], full]) + model.decoder_pos_embed[0]
+        x = model.decoder_norm(model.decoder_blocks(x[None]))
+        preds.append(model.decoder_pred(x)[0, 1:])
+    return torch.stack(preds)
+
+
+def shuffle_errors(model, mask_ratio: float) -> tuple[float, float]:
+    """Largest deviations of the prediction from the unshuffled one and, at mask_ratio 0,
+    between two mask draws (the model has sigma 0: the draws differ only in the shuffle)."""
+    imgs = torch.rand(3, 3, 16, 16, generator=seeded(0))
+    with torch.no_grad():
+        out = model.reconstruct(imgs, mask_ratio=mask_ratio, generator=seeded(1))
+        to_reference = (out.pred - by_hand_pred(model, out.noisy, out.mask)).abs().max().item()
+        between_draws = 0.0
+        if mask_ratio == 0:
+            a = model.reconstruct(imgs, mask_ratio=0.0, generator=seeded(1)).pred
+            b = model.reconstruct(imgs, mask_ratio=0.0, generator=seeded(2)).pred
+            between_draws = (a - b).abs().max().item()
+    return to_reference, between_draws
+
+
+class OrderNotRestored(DMAE):
+    """Wrong on purpose: the decoder leaves the tokens in their shuffled order."""
+
+    def forward_decoder(self, x, ids_restore):
+        b, length = ids_restore.shape
+        return super().forward_decoder(x, torch.arange(length).expand(b, length))
+
+
+class PositionsAfterMasking(DMAE):
+    """Wrong on purpose: positions are added after masking, by place in the shuffle."""
+
+    def forward_encoder(self, x, mask_ratio, mask_noise):
+        x, mask, ids_restore = self.random_masking(self.patch_embed(x), mask_ratio, mask_noise)
+        x = x + self.pos_embed[:, 1 : 1 + x.shape[1]]
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        return self.norm(self.blocks(torch.cat([cls, x], dim=1))), mask, ids_restore
+
+
+@pytest.mark.parametrize("mask_ratio", [0.0, 0.5, 0.75])
+def test_prediction_does_not_depend_on_the_shuffle(tiny, mask_ratio):
+    """Each patch keeps its position through masking and unmasking: the prediction equals one
+    computed without shuffling and, at mask_ratio 0, is the same for every mask draw. The
+    wrong variants above fail both."""
+    model = build_dmae("tiny", **tiny, sigma=0.0)
+    to_reference, between_draws = shuffle_errors(model, mask_ratio)
+    assert to_reference < 1e-4 and between_draws < 1e-4
+    config = {k: v for k, v in model.config.items() if k != "preset"}
+    for wrong in (OrderNotRestored, PositionsAfterMasking):
+        variant = wrong(**config)
+        variant.load_state_dict(model.state_dict())
+        to_reference, between_draws = shuffle_errors(variant, mask_ratio)
+        assert to_reference > 1e-2, wrong.__name__
+        assert between_draws > 1e-2 or mask_ratio > 0, wrong.__name__

@@ -10,7 +10,7 @@ from test_pretrain import run_metric, tracking_uri
 from conftest import copy_project, run_kedro
 from dmae_pipeline.io import safe_torch_load
 from dmae_pipeline.models import build_dmae, export_pretrained, load_pretrained
-from dmae_pipeline.models.pos_embed import interpolate_pos_embed
+from dmae_pipeline.models.pos_embed import sincos_pos_embed_2d
 
 pytestmark = pytest.mark.slow
 
@@ -46,10 +46,10 @@ def test_continues_from_the_pretrain_checkpoint(project):
     # The architecture comes from the pretrain checkpoint, the rest from the parameters.
     assert {k: config[k] for k in TEST_MODEL} == TEST_MODEL
     assert (config["img_size"], config["sigma"], config["mask_ratio"]) == (32, 0.5, 0.5)
-    # The fixed position tables are the pretrained ones resampled from the 4x4 to the 8x8 grid
-    # (a model built from scratch would hold the exact 8x8 sin-cos table instead).
+    # The fixed position tables are the exact 8x8 sin-cos tables, not the pretrained 4x4 ones
+    # resampled.
     for key in ("pos_embed", "decoder_pos_embed"):
-        expected = interpolate_pos_embed(pretrained["model"][key], 8)
+        expected = sincos_pos_embed_2d(pretrained["model"][key].shape[-1], 8)
         assert torch.equal(checkpoint["model"][key], expected)
     model = build_dmae(**config)
     assert load_pretrained(model, project / MODELS / "dmae_pretrained.pth") == ([], [])
@@ -82,7 +82,7 @@ def test_from_a_released_file_without_any_pretrain_output(kedro_project):
     assert not (kedro_project / "data/06_models/pretrain").exists()
     checkpoint = safe_torch_load(kedro_project / MODELS / "dmae.pt")
     assert checkpoint["config"]["img_size"] == 32 and checkpoint["epoch"] == 3
-    expected = interpolate_pos_embed(released.state_dict()["pos_embed"], 8)
+    expected = sincos_pos_embed_2d(released.pos_embed.shape[-1], 8)
     assert torch.equal(checkpoint["model"]["pos_embed"], expected)
 
 

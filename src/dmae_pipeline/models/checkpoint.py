@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from dmae_pipeline.io import atomic_torch_save, safe_torch_load
-from dmae_pipeline.models.pos_embed import grid_size_of, interpolate_pos_embed
+from dmae_pipeline.models.pos_embed import grid_size_of
 
 logger = logging.getLogger(__name__)
 
@@ -81,15 +82,19 @@ def _summary(keys: list[str]) -> str:
 def load_pretrained(model: nn.Module, src: StateSource) -> tuple[list[str], list[str]]:
     """Load weights into a DMAE or a classifier; returns (missing_keys, unexpected_keys).
 
-    Position tables (pos_embed, decoder_pos_embed) of another patch grid are resampled (2-D
-    bicubic, cls row kept). Any other shape mismatch, or an encoder/decoder of another depth, is
-    refused with a ValueError naming the key. Keys the model lacks (a decoder loaded into a
-    classifier) and keys the checkpoint lacks (a new head) are reported in one log message.
+    Position tables (pos_embed, decoder_pos_embed) of another patch grid: a fixed table
+    (requires_grad False in the model: the DMAE's sin-cos tables) keeps the model's own, computed
+    for its grid; a learnable one (the classifier's) is resampled with timm's
+    ``resample_abs_pos_embed`` (bicubic, cls row kept). Any other shape mismatch, or an
+    encoder/decoder of another depth, is refused with a ValueError naming the key. Keys the model
+    lacks (a decoder loaded into a classifier) and keys the checkpoint lacks (a new head) are
+    reported in one log message, with the tables recomputed or resampled.
     """
     target = unwrap(model)
     name = f"checkpoint {src}" if isinstance(src, str | Path) else "state dict"
     state = read_state_dict(src)
     own = target.state_dict()
+    params = dict(target.named_parameters())
     for prefix in ("blocks", "decoder_blocks"):
         have, want = _depth(state, prefix), _depth(own, prefix)
         if have and want and have != want:
@@ -107,8 +112,15 @@ def load_pretrained(model: nn.Module, src: StateSource) -> tuple[list[str], list
             and theirs.shape[-1] == ours.shape[-1]
         ):
             old, new = grid_size_of(theirs), grid_size_of(ours)
-            state[key] = interpolate_pos_embed(theirs, new)
-            notes.append(f"{key} resampled from a {old}x{old} to a {new}x{new} grid")
+            if key in params and params[key].requires_grad:
+                state[key] = resample_abs_pos_embed(theirs, new_size=[new, new])
+                notes.append(f"{key} resampled from a {old}x{old} to a {new}x{new} grid")
+            else:
+                state[key] = ours
+                notes.append(
+                    f"fixed {key} recomputed for the {new}x{new} grid "
+                    f"(the checkpoint's {old}x{old} table is not used)"
+                )
     for key, value in state.items():
         if key in own and value.shape != own[key].shape:
             raise ValueError(

@@ -13,12 +13,7 @@ from torch import nn
 
 from dmae_pipeline.models.pos_embed import sincos_pos_embed_2d
 from dmae_pipeline.models.preprocess import normalize, register_normalization, resize
-from dmae_pipeline.models.presets import (
-    CLASSIFIER_DEFAULTS,
-    ENCODER_KEYS,
-    check_encoder_args,
-    resolve_config,
-)
+from dmae_pipeline.models.presets import CLASSIFIER_DEFAULTS, ENCODER_KEYS, resolve_config
 
 
 class ViTClassifier(VisionTransformer):
@@ -41,21 +36,6 @@ class ViTClassifier(VisionTransformer):
         std: Sequence[float],
         drop_path_rate: float = 0.0,
     ) -> None:
-        check_encoder_args(
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            mean=mean,
-            std=std,
-        )
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
         super().__init__(
             img_size=img_size,
             patch_size=patch_size,

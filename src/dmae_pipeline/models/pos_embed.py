@@ -1,11 +1,10 @@
-"""Fixed 2-D sin-cos position embeddings (MAE's layout) and grid interpolation."""
+"""Fixed 2-D sin-cos position embeddings (MAE's layout) and the grid size of a table."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
 
 
 def _sincos_1d(embed_dim: int, pos: torch.Tensor) -> torch.Tensor:
@@ -44,19 +43,3 @@ def grid_size_of(pos_embed: torch.Tensor, num_prefix_tokens: int = 1) -> int:
             " + side**2, dim] for a square patch grid"
         )
     return side
-
-
-def interpolate_pos_embed(
-    pos_embed: torch.Tensor, grid_size: int, num_prefix_tokens: int = 1
-) -> torch.Tensor:
-    """Resample the patch part of a position table to ``grid_size``**2 patches (2-D bicubic,
-    align_corners False, as MAE); the prefix (cls) rows are kept unchanged."""
-    old = grid_size_of(pos_embed, num_prefix_tokens)
-    if old == grid_size:
-        return pos_embed
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    dim = grid.shape[-1]
-    grid = grid.float().reshape(1, old, old, dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=(grid_size, grid_size), mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, grid_size * grid_size, dim).to(pos_embed.dtype)
-    return torch.cat([prefix, grid], dim=1)

@@ -1,4 +1,4 @@
-"""Model presets, argument resolution and validation shared by the DMAE and the classifier."""
+"""Model presets and argument resolution shared by the DMAE and the classifier."""
 
 from __future__ import annotations
 
@@ -8,7 +8,24 @@ from typing import Any
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 # Encoder sizes follow ViT-Ti/S/B/L; base/large use MAE's decoder (512 wide, 8 blocks, 16 heads).
+# nano (128 wide, 4 blocks) and pico (32 wide, 2 blocks) are small models for CPU runs and tests.
 PRESETS: dict[str, dict[str, int]] = {
+    "pico": dict(
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        decoder_embed_dim=32,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    ),
+    "nano": dict(
+        embed_dim=128,
+        depth=4,
+        num_heads=4,
+        decoder_embed_dim=64,
+        decoder_depth=2,
+        decoder_num_heads=4,
+    ),
     "tiny": dict(
         embed_dim=192,
         depth=12,
@@ -86,56 +103,3 @@ def encoder_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The encoder part of a DMAE or classifier config: ``build_classifier(num_classes=K,
     **encoder_config(dmae.config))`` builds a classifier whose encoder matches the DMAE's."""
     return {k: config[k] for k in ("preset", *ENCODER_KEYS, "mean", "std")}
-
-
-def check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def check_width(name: str, dim: int, heads_name: str, heads: int) -> None:
-    """A width divisible by 4 (2-D sin-cos embedding) and by its number of attention heads."""
-    check_positive_int(name, dim)
-    check_positive_int(heads_name, heads)
-    if dim % 4:
-        raise ValueError(f"{name}={dim} must be divisible by 4 (2-D sin-cos position embedding)")
-    if dim % heads:
-        raise ValueError(f"{name}={dim} must be divisible by {heads_name}={heads}")
-
-
-def check_encoder_args(
-    *,
-    img_size: int,
-    patch_size: int,
-    in_chans: int,
-    embed_dim: int,
-    depth: int,
-    num_heads: int,
-    mlp_ratio: float,
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> None:
-    for name, value in (
-        ("img_size", img_size),
-        ("patch_size", patch_size),
-        ("in_chans", in_chans),
-        ("depth", depth),
-    ):
-        check_positive_int(name, value)
-    if img_size % patch_size:
-        raise ValueError(f"patch_size={patch_size} must divide img_size={img_size}")
-    check_width("embed_dim", embed_dim, "num_heads", num_heads)
-    if not mlp_ratio > 0:
-        raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio!r}")
-    for name, stats in (("mean", mean), ("std", std)):
-        if len(stats) != in_chans:
-            raise ValueError(
-                f"{name} must have one value per channel (in_chans={in_chans}), got {list(stats)}"
-            )
-    if any(not s > 0 for s in std):
-        raise ValueError(f"std values must be > 0, got {list(std)}")
-
-
-def check_mask_ratio(mask_ratio: float) -> None:
-    if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio!r}")

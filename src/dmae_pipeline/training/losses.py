@@ -19,15 +19,6 @@ from timm.data import Mixup
 LossFn = Callable[[torch.nn.Module, tuple, torch.Generator], torch.Tensor]
 
 
-def _check_consistency_args(m: int, lam: float, eta: float, label_smoothing: float) -> None:
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise ValueError(f"m: expected an integer >= 1 (noisy copies per sample), got {m!r}")
-    if lam < 0 or eta < 0:
-        raise ValueError(f"lam and eta: expected numbers >= 0, got lam={lam!r}, eta={eta!r}")
-    if not 0 <= label_smoothing < 1:
-        raise ValueError(f"label_smoothing: expected a number in [0, 1), got {label_smoothing!r}")
-
-
 def consistency_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -43,7 +34,6 @@ def consistency_loss(
     p_hat = mean_i p_i, computed in log space (logsumexp) so no probability is ever logged at 0.
     With m = 1 there is no consistency to enforce and the loss is the cross-entropy alone.
     """
-    _check_consistency_args(m, lam, eta, label_smoothing)
     if logits.ndim != 2 or logits.shape[0] % m:
         raise ValueError(f"logits: expected shape [m*B, K] with m={m}, got {tuple(logits.shape)}")
     n, k = logits.shape
@@ -89,20 +79,14 @@ def noisy_classification_loss(
 ) -> LossFn:
     """The engine's ``loss_fn(model, (images, labels), generator)`` for Gaussian-noise finetuning.
 
-    Per batch: mixup/cutmix on the clean [0,1] images if enabled (timm ``Mixup`` with its
-    label smoothing, seeded from ``generator``); each image repeated ``m`` times; N(0, sigma^2)
-    noise drawn from ``generator`` and added in float32; the model's logits scored by
-    :func:`consistency_loss` (plain noise augmentation when m = 1).
+    Per batch of B, in the public DMAE code's order: each [0,1] image repeated ``m`` times (copy i
+    of sample b is row i*B + b); N(0, sigma^2) noise drawn from ``generator`` and added in
+    float32; then, if enabled, mixup/cutmix on the m*B noisy images (timm ``Mixup``, batch mode,
+    with its label smoothing, seeded from ``generator``), so that a mixed image carries the two
+    independent noises of its two sources. Batch mode mixes row r with row m*B - 1 - r, so the m
+    copies of a sample share one soft target; the logits are scored by :func:`consistency_loss`
+    (plain noise augmentation when m = 1).
     """
-    if not isinstance(sigma, int | float) or sigma < 0:
-        raise ValueError(f"sigma: expected a number >= 0, got {sigma!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes: expected an integer >= 2, got {num_classes!r}")
-    _check_consistency_args(m, lam, eta, label_smoothing)
-    if mixup < 0 or cutmix < 0:
-        raise ValueError(f"mixup and cutmix: expected alphas >= 0, got {mixup!r}, {cutmix!r}")
-    if not 0 <= mixup_prob <= 1 or not 0 <= mixup_switch_prob <= 1:
-        raise ValueError("mixup_prob and mixup_switch_prob: expected probabilities in [0, 1]")
     mixer = None
     if mixup > 0 or cutmix > 0:
         mixer = Mixup(
@@ -110,6 +94,7 @@ def noisy_classification_loss(
             cutmix_alpha=cutmix,
             prob=mixup_prob,
             switch_prob=mixup_switch_prob,
+            mode="batch",
             label_smoothing=label_smoothing,
             num_classes=num_classes,
         )
@@ -118,18 +103,21 @@ def noisy_classification_loss(
 
     def loss_fn(model: torch.nn.Module, batch: tuple, generator: torch.Generator) -> torch.Tensor:
         images, labels = batch[0], batch[1]
-        if mixer is not None:
-            if images.shape[0] % 2:
-                raise ValueError(
-                    f"mixup/cutmix need an even batch size, got a batch of {images.shape[0]}"
-                )
-            seed = torch.randint(2**32, (), generator=generator, device=generator.device)
-            with _numpy_seeded(int(seed)):
-                images, labels = mixer(images.clone(), labels)
+        b = images.shape[0]
         x = images.float().repeat(m, *([1] * (images.ndim - 1)))
         if sigma > 0:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
             x = x + sigma * noise
+        if mixer is not None:
+            if x.shape[0] % 2:
+                raise ValueError(
+                    "mixup/cutmix pair the noisy copies of a batch and need an even number of "
+                    f"them: m * batch size = {m} * {b}"
+                )
+            seed = torch.randint(2**32, (), generator=generator, device=generator.device)
+            with _numpy_seeded(int(seed)):
+                x, targets = mixer(x, labels.repeat(m))
+            labels = targets[:b]  # the m blocks of targets are equal: one per sample
         return consistency_loss(model(x), labels, m, lam, eta, label_smoothing=ce_smoothing)
 
     return loss_fn
