@@ -66,26 +66,41 @@ def test_same_seed_same_weights_with_data_workers(tmp_path):
     assert not _same(first, other)
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda loss: loss * float("nan"),  # NaN gradients too
+        lambda loss: loss + float("inf"),  # finite gradients: only the loss tells
+    ],
+    ids=["nan", "inf"],
+)
+def test_non_finite_loss_stops_before_it_changes_a_weight(tmp_path, spoil):
+    # 64 samples, batch 4, accum 2: 8 steps of 2 micro-batches per epoch. Call 22 is the second
+    # micro-batch of step 11 (epoch 2); the first micro-batch of that step is already summed.
     last = tmp_path / "last.pt"
     calls, saved = 0, {}
 
     def loss_fn(model, batch, generator):
         nonlocal calls
         calls += 1
-        if calls == 9:  # first micro-batch of epoch 2 (8 per epoch)
-            saved["bytes"] = last.read_bytes()
+        if calls == 17:  # first micro-batch of epoch 2
+            saved["checkpoint"] = last.read_bytes()
+        if calls == 21:  # first micro-batch of step 11
+            saved["weights"] = _weights(model)
         loss = noisy_ce(model, batch, generator)
-        return loss * float("nan") if calls == 11 else loss
+        return spoil(loss) if calls == 22 else loss
 
     model = make_mlp()
-    with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 2, step 11") as err:
-        fit(model, JitteredSet(), loss_fn=loss_fn, cfg=tiny_cfg(), run_dir=tmp_path)
+    cfg = tiny_cfg(batch_size=4, accum_iter=2, clip_grad=1.0)
+    with pytest.raises(NonFiniteLossError, match="NaN or infinite at epoch 2, step 11;") as err:
+        fit(model, JitteredSet(), loss_fn=loss_fn, cfg=cfg, run_dir=tmp_path)
     assert isinstance(err.value, FloatingPointError)
     assert str(last) in str(err.value)
-    assert last.read_bytes() == saved["bytes"]
+    # the check waits for the end of the epoch, yet steps 11 to 16 changed nothing
+    assert calls == 32
+    assert _same(_weights(model), saved["weights"])
+    assert last.read_bytes() == saved["checkpoint"]
     assert load_checkpoint(last)["epoch"] == 1
-    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_best_epoch_is_kept_and_loaded(tmp_path):
@@ -157,7 +172,7 @@ def test_resume_refuses_other_settings_and_resume_off_starts_over(tmp_path):
 
 
 def test_fp16_is_refused_on_the_cpu(tmp_path):
-    with pytest.raises(ValueError, match="cfg\\['amp'\\]: 'fp16' needs a CUDA device"):
+    with pytest.raises(ValueError, match="amp 'fp16' needs a CUDA device"):
         fit(make_mlp(), JitteredSet(), loss_fn=noisy_ce, cfg=tiny_cfg(amp="fp16"),
             run_dir=tmp_path)  # fmt: skip
 
@@ -175,46 +190,36 @@ def test_bf16_autocast_on_the_cpu_trains(tmp_path):
     assert torch.isfinite(torch.tensor(result["history"][0]["train_loss"]))
 
 
-def test_mlflow_gets_per_epoch_metrics_only_from_an_active_run(tmp_path):
-    import mlflow
+def test_on_epoch_gets_every_record_also_those_of_a_resumed_run(tmp_path):
+    cfg = tiny_cfg(epochs=3)
+    calls = 0
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    try:
-        mlflow.set_experiment("engine")
+    def dying_loss(model, batch, generator):
+        nonlocal calls
+        calls += 1
+        return noisy_ce(model, batch, generator) * (float("nan") if calls == 17 else 1.0)
 
-        def evaluate(model):
-            return {"val_acc": 0.5}
+    def evaluate(model):
+        return {"val_acc": 0.5}
 
-        with mlflow.start_run() as run:
-            result = fit(
-                make_mlp(), JitteredSet(), loss_fn=noisy_ce, cfg=tiny_cfg(epochs=2),
-                run_dir=tmp_path / "a", evaluate=evaluate, log_prefix="sigma_0.25/",
-            )  # fmt: skip
-        client = mlflow.MlflowClient()
-        logged = client.get_run(run.info.run_id).data.metrics
-        assert set(logged) == {
-            f"sigma_0.25/{k}" for k in ("train_loss", "lr", "images_per_s", "val_acc")
-        }
-        history = client.get_metric_history(run.info.run_id, "sigma_0.25/train_loss")
-        assert [(h.step, h.value) for h in history] == [
-            (r["epoch"], pytest.approx(r["train_loss"])) for r in result["history"]
-        ]
+    first = []
+    with pytest.raises(NonFiniteLossError, match="epoch 3"):
+        fit(make_mlp(), JitteredSet(), loss_fn=dying_loss, cfg=cfg, run_dir=tmp_path,
+            evaluate=evaluate, on_epoch=first.append)  # fmt: skip
+    assert [r["epoch"] for r in first] == [1, 2]
+    assert set(first[0]) == {"epoch", "train_loss", "lr", "images_per_s", "val_acc"}
 
-        # a finished run asked again inside another MLflow run logs its stored curves there
-        with mlflow.start_run() as rerun:
-            fit(make_mlp(), JitteredSet(), loss_fn=noisy_ce, cfg=tiny_cfg(epochs=2),
-                run_dir=tmp_path / "a", evaluate=evaluate, log_prefix="sigma_0.25/")  # fmt: skip
-        steps = client.get_metric_history(rerun.info.run_id, "sigma_0.25/val_acc")
-        assert [h.step for h in steps] == [1, 2]
+    resumed = []
+    result = fit(make_mlp(), JitteredSet(), loss_fn=noisy_ce, cfg=cfg, run_dir=tmp_path,
+                 evaluate=evaluate, on_epoch=resumed.append)  # fmt: skip
+    assert resumed == result["history"]
+    assert resumed[:2] == first
 
-        # no active run: training goes on and nothing is logged anywhere
-        fit(make_mlp(), JitteredSet(), loss_fn=noisy_ce, cfg=tiny_cfg(epochs=1),
-            run_dir=tmp_path / "b")  # fmt: skip
-        runs = client.search_runs([run.info.experiment_id])
-        assert {r.info.run_id for r in runs} == {run.info.run_id, rerun.info.run_id}
-        assert len(client.get_metric_history(run.info.run_id, "sigma_0.25/lr")) == 2
-    finally:
-        mlflow.set_tracking_uri(None)
+    # a finished run, asked again, replays its records
+    again = []
+    fit(make_mlp(), JitteredSet(), loss_fn=noisy_ce, cfg=cfg, run_dir=tmp_path,
+        evaluate=evaluate, on_epoch=again.append)  # fmt: skip
+    assert again == result["history"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -232,7 +237,7 @@ def test_cuda_run_uses_bf16_and_a_device_generator(tmp_path):
     assert set(seen) == {("cuda", "cuda", torch.bfloat16, True)}
     assert next(first.parameters()).device.type == "cuda"
     state = load_checkpoint(tmp_path / "a" / "last.pt")
-    assert "cuda" in state["rng"]
+    assert all(g["fused"] for g in state["optimizer"]["param_groups"])
 
 
 def test_resume_keeps_a_best_epoch_saved_after_the_last_checkpoint(tmp_path):
@@ -262,3 +267,118 @@ def test_resume_keeps_a_best_epoch_saved_after_the_last_checkpoint(tmp_path):
     assert result["best"] == saved_best["best"]
     assert _same(saved_best["model"], model.state_dict())
     assert [r["acc"] for r in result["history"]] == [0.1, 0.2, 0.5, 0.3]
+
+
+class IndexSet(torch.utils.data.Dataset):
+    """Sample i is (the feature i, the label i), so that a batch tells which samples it holds."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return torch.tensor([float(i)]), i
+
+
+def _epoch_orders(tmp_path, name, seed, epochs=3):
+    """The sample indices of each epoch, in the order the loss saw them."""
+    seen = []
+
+    def loss_fn(model, batch, generator):
+        seen.extend(batch[1].tolist())
+        return model(batch[0] / 32).square().mean()
+
+    cfg = tiny_cfg(epochs=epochs, batch_size=4, accum_iter=2, seed=seed)
+    fit(torch.nn.Linear(1, 1), IndexSet(32), loss_fn=loss_fn, cfg=cfg, run_dir=tmp_path / name)
+    return [seen[e * 32 : (e + 1) * 32] for e in range(epochs)]
+
+
+def test_data_order_changes_every_epoch_and_repeats_for_a_seed(tmp_path):
+    orders = _epoch_orders(tmp_path, "a", seed=0)
+    assert all(sorted(order) == list(range(32)) for order in orders)
+    assert orders[0] != orders[1] and orders[1] != orders[2] and orders[0] != orders[2]
+    assert _epoch_orders(tmp_path, "b", seed=0) == orders
+    assert _epoch_orders(tmp_path, "c", seed=1) != orders
+
+
+def test_train_loss_is_the_mean_over_micro_batches(tmp_path):
+    losses = []
+
+    def loss_fn(model, batch, generator):
+        loss = noisy_ce(model, batch, generator)
+        losses.append(loss.item())
+        return loss
+
+    # 64 samples, effective batch 4 * 4: 4 optimizer steps of 4 micro-batches per epoch
+    cfg = tiny_cfg(epochs=2, batch_size=4, accum_iter=4)
+    result = fit(make_mlp(), JitteredSet(), loss_fn=loss_fn, cfg=cfg, run_dir=tmp_path)
+    assert len(losses) == 2 * 16
+    for record, epoch_losses in zip(result["history"], (losses[:16], losses[16:]), strict=True):
+        assert record["train_loss"] == pytest.approx(sum(epoch_losses) / 16, rel=1e-12)
+
+
+def test_the_optimizer_is_fused_also_over_given_groups(tmp_path):
+    model = make_mlp()
+    groups = [
+        {"params": list(model[0].parameters()), "lr_scale": 0.5},
+        {"params": list(model[3].parameters()) + list(model[4].parameters()), "lr_scale": 1.0},
+    ]
+    fit(model, JitteredSet(), loss_fn=noisy_ce, cfg=tiny_cfg(epochs=1), run_dir=tmp_path,
+        param_groups=groups)  # fmt: skip
+    saved = load_checkpoint(tmp_path / "last.pt")["optimizer"]["param_groups"]
+    assert [g["lr_scale"] for g in saved] == [0.5, 1.0]
+    assert all(g["fused"] for g in saved)
+
+
+class FailingCompiled(torch.nn.Module):
+    """What torch.compile returns where compilation fails: an error at the first call."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args):
+        torch.rand(3)  # draws before failing, as a partly traced model may
+        raise RuntimeError("no working compiler")
+
+
+def test_compile_falls_back_to_eager_training_with_a_warning(tmp_path, monkeypatch, caplog):
+    eager = make_mlp()
+    fit(eager, JitteredSet(), loss_fn=noisy_ce, cfg=tiny_cfg(epochs=2), run_dir=tmp_path / "a")
+    monkeypatch.setattr(torch, "compile", FailingCompiled)
+    fallback = make_mlp()
+    with caplog.at_level("WARNING"):
+        fit(fallback, JitteredSet(), loss_fn=noisy_ce, cfg=tiny_cfg(epochs=2, compile=True),
+            run_dir=tmp_path / "b")  # fmt: skip
+    assert "torch.compile failed (RuntimeError: no working compiler)" in caplog.text
+    # the failed first call drew noise and dropout: the retry draws them again
+    assert _same(_weights(fallback), _weights(eager))
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_the_eager_one(tmp_path, caplog):
+    kinds = set()
+
+    def loss_fn(model, batch, generator):
+        kinds.add(type(model).__name__)
+        return noisy_ce(model, batch, generator)
+
+    def run(name, compile):
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # no dropout: compiled code draws its own random numbers
+            model = torch.nn.Sequential(
+                torch.nn.Linear(6, 16), torch.nn.GELU(), torch.nn.LayerNorm(16),
+                torch.nn.Linear(16, 3),
+            )  # fmt: skip
+        fit(model, JitteredSet(), loss_fn=loss_fn, run_dir=tmp_path / name,
+            cfg=tiny_cfg(epochs=2, compile=compile))  # fmt: skip
+        return _weights(model)
+
+    eager = run("eager", False)
+    with caplog.at_level("WARNING"):
+        compiled = run("compiled", True)
+    assert "torch.compile failed" not in caplog.text
+    assert kinds == {"Sequential", "OptimizedModule"}
+    assert all(torch.allclose(compiled[k], eager[k], atol=1e-5) for k in eager)

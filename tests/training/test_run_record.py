@@ -17,18 +17,30 @@ def test_state_digest_follows_the_weights_not_the_wrapper():
 
 
 def test_a_checkpoint_of_other_settings_is_refused_and_resume_off_starts_over(tmp_path):
-    claim_run_dir(tmp_path, {"model": {"width": 8}}, resume=True, stage="pretrain")
+    claim_run_dir(tmp_path, {"model": {"width": 8}}, resume=True)
     (tmp_path / LAST).write_bytes(b"checkpoint")
-    check_run_dir(tmp_path, {"model": {"width": 8}}, resume=True, stage="pretrain")
+    check_run_dir(tmp_path, {"model": {"width": 8}}, resume=True)
     with pytest.raises(
-        ValueError, match=r"other pretrain settings \(model\): model\.width: 8 -> 16"
+        ValueError,
+        match=r"holds a run with other settings \(model\): model\.width: 8 -> 16; use a fresh "
+        r"run folder or turn resume off",
     ):
-        claim_run_dir(tmp_path, {"model": {"width": 16}}, resume=True, stage="pretrain")
-    claim_run_dir(tmp_path, {"model": {"width": 16}}, resume=False, stage="pretrain")
+        claim_run_dir(tmp_path, {"model": {"width": 16}}, resume=True)
+    claim_run_dir(tmp_path, {"model": {"width": 16}}, resume=False)
     assert not (tmp_path / LAST).exists()
 
 
 def test_a_checkpoint_without_a_record_is_not_resumed(tmp_path):
     (tmp_path / LAST).write_bytes(b"checkpoint")
     with pytest.raises(ValueError, match=r"model\.width: None -> 8"):
-        check_run_dir(tmp_path, {"model": {"width": 8}}, resume=True, stage="pretrain")
+        check_run_dir(tmp_path, {"model": {"width": 8}}, resume=True)
+
+
+def test_only_rank_0_writes(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")  # as torchrun sets it for the second process
+    (tmp_path / LAST).write_bytes(b"checkpoint")
+    claim_run_dir(tmp_path, {"model": {"width": 8}}, resume=False)
+    assert (tmp_path / LAST).exists()
+    assert not (tmp_path / "run.json").exists()
+    with pytest.raises(ValueError, match=r"model\.width: None -> 8"):
+        claim_run_dir(tmp_path, {"model": {"width": 8}}, resume=True)

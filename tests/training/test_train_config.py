@@ -1,71 +1,72 @@
-"""Bad training settings stop before any work, with a message naming the key."""
+"""The engine's settings record, the batch split over processes and fit's own preconditions."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 from tiny_training import JitteredSet, make_mlp, noisy_ce, tiny_cfg
 
-from dmae_pipeline.training import fit, validate_cfg
+from dmae_pipeline.training import RUNTIME_KEYS, TrainConfig, fit, split_batch, training_identity
+from dmae_pipeline.training.config import cfg_mismatch
 
 
-def test_defaults_are_filled_and_numbers_normalized():
-    cfg = validate_cfg(tiny_cfg(blr=1, betas=(0.9, 0.95)))
-    assert cfg["blr"] == 1.0 and isinstance(cfg["blr"], float)
-    assert cfg["betas"] == [0.9, 0.95]
-    assert cfg["accum_iter"] == 1 and cfg["resume"] is True and cfg["amp"] == "auto"
+def test_defaults_and_immutability():
+    cfg = TrainConfig(
+        epochs=2, warmup_epochs=0.5, blr=1e-3, min_lr=0.0, batch_size=8, weight_decay=0.05,
+        betas=(0.9, 0.95), seed=0, checkpoint_every=1,
+    )  # fmt: skip
+    assert (cfg.accum_iter, cfg.clip_grad, cfg.resume, cfg.num_workers, cfg.num_threads) == (
+        1, None, True, 0, None,
+    )  # fmt: skip
+    assert (cfg.device, cfg.amp, cfg.compile) == ("auto", "auto", False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.epochs = 3
+
+
+def test_only_runtime_settings_may_change_on_resume():
+    stored = dataclasses.asdict(tiny_cfg())
+    assert cfg_mismatch(stored, tiny_cfg()) == []
+    runtime = tiny_cfg(
+        resume=False, checkpoint_every=5, num_workers=2, num_threads=4, device="auto",
+        compile=True,
+    )  # fmt: skip
+    assert cfg_mismatch(stored, runtime) == []
+    assert cfg_mismatch(stored, tiny_cfg(blr=0.1, accum_iter=2)) == ["accum_iter", "blr"]
+    # a checkpoint read back may hold betas as a list
+    assert cfg_mismatch({**stored, "betas": [0.9, 0.95]}, tiny_cfg()) == []
+    assert (
+        set(training_identity(tiny_cfg()))
+        == {f.name for f in dataclasses.fields(TrainConfig)} - RUNTIME_KEYS
+    )
 
 
 @pytest.mark.parametrize(
-    "key",
-    ["epochs", "warmup_epochs", "blr", "min_lr", "batch_size", "weight_decay", "betas", "seed"],
-)
-def test_missing_required_key(key):
-    cfg = tiny_cfg()
-    del cfg[key]
-    with pytest.raises(ValueError, match=f"missing required keys \\['{key}'\\]"):
-        validate_cfg(cfg)
-
-
-@pytest.mark.parametrize(
-    ("key", "value"),
+    ("batch_size", "accum_iter", "world_size", "expected"),
     [
-        ("epochs", 0),
-        ("epochs", 2.5),
-        ("epochs", True),
-        ("batch_size", 0),
-        ("accum_iter", 0),
-        ("warmup_epochs", -1),
-        ("warmup_epochs", 4),  # more than epochs
-        ("blr", 0.0),
-        ("blr", "1e-3"),
-        ("min_lr", -1e-6),
-        ("min_lr", 1.0),  # above the peak lr
-        ("weight_decay", -0.1),
-        ("betas", [0.9]),
-        ("betas", [0.9, 1.0]),
-        ("betas", "0.9,0.95"),
-        ("clip_grad", 0.0),
-        ("seed", -1),
-        ("checkpoint_every", 0),
-        ("resume", "yes"),
-        ("num_workers", -1),
-        ("num_threads", 0),
-        ("device", 3),
-        ("amp", "fp8"),
+        (64, 4, 1, (64, 4)),
+        (64, 4, 2, (64, 2)),  # the world size divides accum_iter: fewer micro-batches
+        (64, 4, 4, (64, 1)),
+        (64, 1, 2, (32, 1)),  # otherwise the micro-batch is split
+        (64, 3, 2, (48, 2)),  # 96 per process, in the fewest micro-batches of at most 64
+        (10, 3, 2, (5, 3)),
+        (8, 2, 16, (1, 1)),
     ],
 )
-def test_invalid_value_names_the_key(key, value):
-    with pytest.raises(ValueError, match=f"cfg\\['{key}'\\]"):
-        validate_cfg(tiny_cfg(**{key: value}))
+def test_split_batch_keeps_the_effective_batch(batch_size, accum_iter, world_size, expected):
+    micro, count = split_batch(batch_size, accum_iter, world_size)
+    assert (micro, count) == expected
+    assert micro * count * world_size == batch_size * accum_iter
+    assert micro <= batch_size
 
 
-def test_unknown_key_is_refused():
-    with pytest.raises(ValueError, match="unknown keys \\['warmup'\\]"):
-        validate_cfg(tiny_cfg(warmup=5))
+def test_split_batch_refuses_an_uneven_split():
+    with pytest.raises(ValueError, match=r"batch_size \* accum_iter = 6 \* 1 = 6 .* over 4 proc"):
+        split_batch(6, 1, 4)
 
 
 def test_device_names_are_checked(tmp_path):
-    with pytest.raises(ValueError, match="cfg\\['device'\\]"):
+    with pytest.raises(ValueError, match="device: expected 'auto', 'cpu', 'cuda' or 'cuda:N'"):
         fit(
             make_mlp(), JitteredSet(), loss_fn=noisy_ce, cfg=tiny_cfg(device="tpu"),
             run_dir=tmp_path,

@@ -17,14 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from dmae_pipeline.training import fit
+from dmae_pipeline.training import TrainConfig, fit
 
 KILL_ENV = "DMAE_TEST_KILL_AT_CALL"
 KILLED_EXIT_CODE = 17
 
 
-def tiny_cfg(**overrides) -> dict:
-    cfg = {
+def tiny_cfg(**overrides) -> TrainConfig:
+    settings = {
         "epochs": 3,
         "warmup_epochs": 1,
         "blr": 0.5,
@@ -32,15 +32,14 @@ def tiny_cfg(**overrides) -> dict:
         "batch_size": 8,
         "accum_iter": 1,
         "weight_decay": 0.05,
-        "betas": [0.9, 0.95],
+        "betas": (0.9, 0.95),
         "clip_grad": None,
         "seed": 0,
         "checkpoint_every": 1,
         "device": "cpu",
         "num_threads": 1,
     }
-    cfg.update(overrides)
-    return cfg
+    return TrainConfig(**{**settings, **overrides})
 
 
 class JitteredSet(Dataset):

@@ -3,7 +3,6 @@
 from dmae_pipeline.models.checkpoint import export_finetuned, export_pretrained, load_pretrained
 from dmae_pipeline.models.classifier import ViTClassifier, build_classifier
 from dmae_pipeline.models.dmae import DMAE, build_dmae
-from dmae_pipeline.models.param_groups import param_groups_lrd
 from dmae_pipeline.models.presets import PRESETS, encoder_config
 
 __all__ = [
@@ -16,5 +15,4 @@ __all__ = [
     "export_finetuned",
     "export_pretrained",
     "load_pretrained",
-    "param_groups_lrd",
 ]

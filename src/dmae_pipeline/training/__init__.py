@@ -1,18 +1,20 @@
 """The training engine shared by every training pipeline, and its losses (no Kedro imports)."""
 
 from dmae_pipeline.training.checkpoint import load_best, load_checkpoint
-from dmae_pipeline.training.config import validate_cfg
+from dmae_pipeline.training.config import RUNTIME_KEYS, TrainConfig, training_identity
 from dmae_pipeline.training.device import autocast_dtype, resolve_device
-from dmae_pipeline.training.engine import NonFiniteLossError, derive_seed, fit
+from dmae_pipeline.training.engine import NonFiniteLossError, derive_seed, fit, split_batch
 from dmae_pipeline.training.evaluate import accuracy_evaluator, noisy_accuracy
 from dmae_pipeline.training.losses import LossFn, consistency_loss, noisy_classification_loss
-from dmae_pipeline.training.optim import build_optimizer, weight_decay_groups
+from dmae_pipeline.training.optim import build_optimizer, param_groups
 from dmae_pipeline.training.run_record import check_run_dir, claim_run_dir, state_digest
 from dmae_pipeline.training.schedule import lr_at, peak_lr
 
 __all__ = [
+    "RUNTIME_KEYS",
     "LossFn",
     "NonFiniteLossError",
+    "TrainConfig",
     "accuracy_evaluator",
     "autocast_dtype",
     "build_optimizer",
@@ -26,9 +28,10 @@ __all__ = [
     "lr_at",
     "noisy_accuracy",
     "noisy_classification_loss",
+    "param_groups",
     "peak_lr",
     "resolve_device",
+    "split_batch",
     "state_digest",
-    "validate_cfg",
-    "weight_decay_groups",
+    "training_identity",
 ]

@@ -6,22 +6,28 @@ from contextlib import contextmanager
 
 import torch
 
+from dmae_pipeline import distributed
+
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` picks CUDA when available, else the CPU; ``"cuda"`` without a GPU is an error."""
+    """The torch device for ``name``: "auto" (CUDA when available, else the CPU), "cpu", "cuda"
+    or "cuda:N". "auto" and "cuda" mean this process's GPU, cuda:LOCAL_RANK under torchrun."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    expected = f"cfg['device']: expected 'auto', 'cpu' or 'cuda[:N]', got {name!r}"
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    expected = f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}"
     try:
         device = torch.device(name)
     except RuntimeError as e:
         raise ValueError(expected) from e
     if device.type not in ("cpu", "cuda"):
         raise ValueError(expected)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("cfg['device']: 'cuda' was requested but no CUDA device is available")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} was requested but no CUDA device is available")
+        if device.index is None:
+            device = torch.device("cuda", distributed.local_rank())
     return device
 
 
@@ -31,7 +37,7 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     ``"auto"`` is bf16 on CUDA (no loss scaling needed) and fp32 on the CPU.
     """
     if amp == "fp16" and device.type != "cuda":
-        raise ValueError("cfg['amp']: 'fp16' needs a CUDA device; use 'bf16' or 'off' on the CPU")
+        raise ValueError("amp 'fp16' needs a CUDA device; use 'bf16' or 'off' on the CPU")
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]

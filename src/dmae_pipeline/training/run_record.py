@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from dmae_pipeline import distributed
 from dmae_pipeline.io import atomic_write
 from dmae_pipeline.training.checkpoint import LAST
 
@@ -42,7 +43,7 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
-def check_run_dir(run_dir: Path, identity: Mapping[str, Any], resume: bool, stage: str) -> None:
+def check_run_dir(run_dir: Path, identity: Mapping[str, Any], resume: bool) -> None:
     """Refuse a checkpoint in ``run_dir`` that a run of other settings left there."""
     record, last = run_dir / RUN_RECORD, run_dir / LAST
     if not resume or not last.exists():
@@ -54,20 +55,22 @@ def check_run_dir(run_dir: Path, identity: Mapping[str, Any], resume: bool, stag
         sections = sorted({k.split(".")[0] for k in changed})
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
         raise ValueError(
-            f"{stage}.run_dir: {run_dir} holds a run with other {stage} settings "
-            f"({', '.join(sections)}): {details}; use a fresh {stage}.run_dir, "
-            f"or set {stage}.train.resume to false to start over"
+            f"{run_dir} holds a run with other settings ({', '.join(sections)}): {details}; "
+            "use a fresh run folder or turn resume off to start over"
         )
 
 
-def claim_run_dir(run_dir: Path, identity: Mapping[str, Any], resume: bool, stage: str) -> None:
+def claim_run_dir(run_dir: Path, identity: Mapping[str, Any], resume: bool) -> None:
     """Check ``run_dir`` and record ``identity`` there. Without ``resume`` an earlier checkpoint
     is removed first, so that a run dying before its first checkpoint cannot leave it behind
-    under this run's record."""
+    under this run's record. In a data-parallel run only rank 0 writes; the others check."""
+    if not distributed.is_main():
+        check_run_dir(run_dir, identity, resume)
+        return
     last = run_dir / LAST
     if not resume and last.exists():
-        logger.warning("%s.train.resume is off: starting over, %s is removed", stage, last)
+        logger.warning("resume is off: starting over, %s is removed", last)
         last.unlink()
-    check_run_dir(run_dir, identity, resume, stage)
+    check_run_dir(run_dir, identity, resume)
     with atomic_write(run_dir / RUN_RECORD, "w") as f:
         json.dump(identity, f, indent=2)
