@@ -137,6 +137,21 @@ def test_code_change_recertifies_instead_of_resuming_the_logs(chain):
         pd.testing.assert_frame_equal(redone[name].drop(columns="time"), log.drop(columns="time"))
 
 
+def test_a_clone_pulls_every_output_and_has_nothing_to_rerun(chain, tmp_path):
+    """Training runs are neither pushed nor needed: the pulled outputs make every stage done."""
+    remote, clone = tmp_path / "remote", tmp_path / "clone"
+    sh("git", "add", "-A", cwd=chain)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results", cwd=chain)
+    sh("dvc", "remote", "modify", "--local", "local", "url", str(remote), cwd=chain)
+    sh("dvc", "push", cwd=chain)
+    sh("git", "clone", "-q", str(chain), str(clone), cwd=tmp_path)
+    sh("dvc", "remote", "modify", "--local", "local", "url", str(remote), cwd=clone)
+    sh("dvc", "pull", cwd=clone)
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=clone)
+    assert (clone / "data/08_reporting/certified_accuracy.json").exists()
+    assert not list((clone / "data/06_models").glob("*/run*"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
