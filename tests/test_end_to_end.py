@@ -1,7 +1,7 @@
 """The whole default chain as a user drives it: `dvc repro`, `mlflow server`, `kedro viz build`.
 
-One temporary git copy of the project runs the chain once (on the test settings, copied over
-conf/base) and every test here reads from it.
+One temporary git copy of the project runs the chain once (on the test env's settings, written
+into conf/base since DVC tracks the base env only) and every test here reads from it.
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
+from kedro.config import OmegaConfigLoader
 
 from conftest import PROJECT_ROOT, copy_project
+from dmae_pipeline.settings import CONFIG_LOADER_ARGS
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +31,8 @@ BIN = Path(sys.executable).parent
 STAGES = ["data_prep", "pretrain", "cifar_pretrain", "finetune", "certify", "report"]
 
 
-def sh(*args: str, cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+def sh(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout + done.stderr
@@ -39,12 +42,25 @@ def ran_stages(output: str) -> list[str]:
     return [s for s in STAGES if f"Running stage '{s}'" in output]
 
 
+def settle_env_into_base(conf: Path, env: str) -> None:
+    """Rewrite conf/base so that the base env holds what ``env`` runs: Kedro merges ``env`` onto
+    base, and each base catalog and parameter file gets the merged value of its blocks."""
+    loader = OmegaConfigLoader(str(conf), env=env, **CONFIG_LOADER_ARGS)
+    for key in ("catalog", "parameters"):
+        merged = loader[key]
+        for path in sorted((conf / "base").glob(f"{key}*.yml")):
+            blocks = yaml.safe_load(path.read_text()) or {}
+            path.write_text(yaml.safe_dump({block: merged.pop(block) for block in blocks}))
+        if merged:  # blocks only the env defines
+            (conf / "base" / f"{key}_{env}.yml").write_text(yaml.safe_dump(merged))
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory) -> Path:
-    """A git + DVC copy of the project whose base settings are the test env's, after `dvc repro`."""
+    """A git + DVC copy of the project whose base settings are the test env's, after `dvc repro`
+    run with KEDRO_ENV=test, which the stages must ignore."""
     project = copy_project(tmp_path_factory.mktemp("chain") / "project")
-    for f in (PROJECT_ROOT / "conf" / "test").iterdir():
-        shutil.copy(f, project / "conf" / "base" / f.name)
+    settle_env_into_base(project / "conf", "test")
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(PROJECT_ROOT / name, project / name)
     shutil.copytree(PROJECT_ROOT / ".dvc", project / ".dvc", ignore=shutil.ignore_patterns("tmp"))
@@ -52,8 +68,19 @@ def chain(tmp_path_factory) -> Path:
     sh("git", "init", "-q", cwd=project)
     sh("git", "add", "-A", cwd=project)
     sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy", cwd=project)
-    project.joinpath("first_repro.log").write_text(sh("dvc", "repro", cwd=project))
+    log = sh("dvc", "repro", cwd=project, env={"KEDRO_ENV": "test"})
+    project.joinpath("first_repro.log").write_text(log)
     return project
+
+
+def cached_files(project: Path, out: str) -> list[str]:
+    """The files DVC cached for a folder output, from its .dir manifest."""
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    (md5,) = [
+        o["md5"] for s in lock["stages"].values() for o in s.get("outs", []) if o["path"] == out
+    ]
+    manifest = project / ".dvc/cache/files/md5" / md5[:2] / md5[2:]
+    return sorted(entry["relpath"] for entry in json.loads(manifest.read_text()))
 
 
 def test_dvc_repro_runs_every_stage_then_nothing(chain):
@@ -65,12 +92,64 @@ def test_dvc_repro_runs_every_stage_then_nothing(chain):
     assert "certified_accuracy" in sh("dvc", "plots", "show", "--json", cwd=chain)
 
 
-def test_finetune_parameter_change_reruns_only_downstream(chain):
+def test_dvc_caches_checkpoints_and_exports_but_not_training_runs(chain):
+    for stage in ("pretrain", "cifar_pretrain"):
+        assert cached_files(chain, f"data/06_models/{stage}") == ["dmae.pt", "dmae_pretrained.pth"]
+        assert (chain / f"data/06_models/{stage}/run/last.pt").exists()
+    params = yaml.safe_load((chain / "conf/base/parameters_finetune.yml").read_text())
+    finetuned = cached_files(chain, "data/06_models/finetune")
+    assert len(finetuned) == len(params["finetune"]["sigmas"])
+    assert all(f.startswith("sigma_") and f.endswith(".pt") and "/" not in f for f in finetuned)
+    assert len(list((chain / "data/06_models/finetune").glob("run_sigma_*/last.pt"))) == len(
+        finetuned
+    )
+
+
+def test_finetune_parameter_change_reruns_only_downstream_from_scratch(chain):
+    """A finished run in the run folder would refuse the new seed: DVC must have deleted it."""
     path = chain / "conf/base/parameters_finetune.yml"
     params = yaml.safe_load(path.read_text())
     params["finetune"]["train"]["seed"] += 1
     path.write_text(yaml.safe_dump(params))
     assert ran_stages(sh("dvc", "repro", cwd=chain)) == ["finetune", "certify", "report"]
+
+
+def certification_logs(project: Path) -> dict[str, pd.DataFrame]:
+    logs = sorted((project / "data/07_model_output/certify").glob("*.tsv"))
+    return {path.name: pd.read_csv(path, sep="\t") for path in logs}
+
+
+def test_code_change_recertifies_instead_of_resuming_the_logs(chain):
+    """A resumed log would keep the forged radii that `dvc commit` recorded as the output."""
+    logs = certification_logs(chain)
+    assert logs
+    for name, log in logs.items():
+        log.assign(radius=123.0).to_csv(
+            chain / "data/07_model_output/certify" / name, sep="\t", index=False
+        )
+    sh("dvc", "commit", "--force", "certify", cwd=chain)
+    with (chain / "src/dmae_pipeline/smoothing/core.py").open("a") as f:
+        f.write("# edited\n")
+    assert ran_stages(sh("dvc", "repro", cwd=chain)) == ["certify", "report"]
+    redone = certification_logs(chain)
+    assert redone.keys() == logs.keys()
+    for name, log in logs.items():
+        pd.testing.assert_frame_equal(redone[name].drop(columns="time"), log.drop(columns="time"))
+
+
+def test_a_clone_pulls_every_output_and_has_nothing_to_rerun(chain, tmp_path):
+    """Training runs are neither pushed nor needed: the pulled outputs make every stage done."""
+    remote, clone = tmp_path / "remote", tmp_path / "clone"
+    sh("git", "add", "-A", cwd=chain)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results", cwd=chain)
+    sh("dvc", "remote", "modify", "--local", "local", "url", str(remote), cwd=chain)
+    sh("dvc", "push", cwd=chain)
+    sh("git", "clone", "-q", str(chain), str(clone), cwd=tmp_path)
+    sh("dvc", "remote", "modify", "--local", "local", "url", str(remote), cwd=clone)
+    sh("dvc", "pull", cwd=clone)
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=clone)
+    assert (clone / "data/08_reporting/certified_accuracy.json").exists()
+    assert not list((clone / "data/06_models").glob("*/run*"))
 
 
 def free_port() -> int:
@@ -105,6 +184,8 @@ def test_mlflow_server_serves_the_certified_accuracy_curves(chain):
             pytest.fail("mlflow server did not answer on 127.0.0.1 within 60 s")
         ids = [e["experiment_id"] for e in experiments["experiments"]]
         runs = get_json(f"{base}/runs/search", {"experiment_ids": ids, "max_results": 100})["runs"]
+        # KEDRO_ENV=test was set for `dvc repro`: the stages ran the base env all the same
+        assert {r["info"]["run_name"].partition(" @ ")[2] for r in runs} == {"base"}
         report = next(r for r in runs if r["info"]["run_name"].startswith("report"))
         metrics = {m["key"] for m in report["data"]["metrics"]}
         assert any(k.startswith("certified_accuracy/best/") for k in metrics)
