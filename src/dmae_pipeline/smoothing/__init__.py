@@ -2,7 +2,7 @@
 reports."""
 
 from dmae_pipeline.smoothing.bounds import lower_confidence_bound
-from dmae_pipeline.smoothing.core import Certificate, Smooth
+from dmae_pipeline.smoothing.core import NOISE_LAYOUT, Certificate, SequentialItem, Smooth
 from dmae_pipeline.smoothing.curves import (
     average_certified_radius,
     best_over_sigma,
@@ -24,10 +24,15 @@ from dmae_pipeline.smoothing.report import (
     plot_curves,
     summary_table,
 )
+from dmae_pipeline.smoothing.sequential import SEQUENTIAL_TEST, SequentialTest
 
 __all__ = [
     "LOG_COLUMNS",
+    "NOISE_LAYOUT",
+    "SEQUENTIAL_TEST",
     "Certificate",
+    "SequentialItem",
+    "SequentialTest",
     "Smooth",
     "average_certified_radius",
     "best_over_sigma",
