@@ -247,3 +247,11 @@ def test_certify_many_rejects_shared_or_missing_generators_and_mixed_shapes():
         list(smooth.certify_many(items, 10, 100, 0.01, 1000, RADII))
     with pytest.raises(ValueError, match="radii"):
         smooth.certify_many([], 10, 100, 0.01, 1000, [])  # checked before any iteration
+
+
+def test_pool_keeps_noise_float32_under_autocast():
+    model = Recorder(GroupMaxModel(5))
+    smooth = Smooth(model, 5, sigma=0.5, autocast_dtype=torch.bfloat16)
+    items = [(i, torch.rand(3, 5, 5, dtype=torch.float64), torch.Generator()) for i in range(3)]
+    assert len(list(smooth.certify_many(items, 20, 500, 0.01, 64, [0.1]))) == 3
+    assert {batch.dtype for batch in model.inputs} == {torch.float32} and all(model.autocast)

@@ -13,14 +13,15 @@ certification rate grows with the number of looks.) The upper bounds spend alpha
 well; a wrong one (probability at most alpha in all) only stops estimation before a radius that
 holds is proven.
 
-Why this test: it gives the fewest samples among the anytime-valid choices for a finite n_max. Its
-price is ln(K') nats over the fixed-n bound, against 1/2 ln(pi n) for a Krichevsky-Trofimov
-(Beta(1/2, 1/2)) mixture martingale, which is valid at every sample: at alpha = 0.001, sigma =
-0.25, n_max = 100,000 and radii 0.25 to 1.0 (K' = 17), all successes prove radius 0.75 (pA >=
-Phi(3)) after 7,212 samples here, 8,904 with the mixture and 5,114 for fixed-n Clopper-Pearson,
-and at n_max the bound is within a few percent of the fixed-n one. The looks are geometric
-(``FIRST_LOOK``, times ``LOOK_RATIO``) plus, for each radius, the first sample count at which all
-successes would prove it, where most images (pA near 1) can stop.
+Why this test rather than a betting confidence sequence: with a finite n_max it needs fewer
+samples. Its price is ln(K') nats over the fixed-n bound, against 1/2 ln(pi n) for the
+Krichevsky-Trofimov (Beta(1/2, 1/2)) mixture martingale, valid at every sample: at alpha =
+0.001, sigma = 0.25, n_max = 100,000 and radii 0.25 to 1.0 (K' = 17), all successes prove
+radius 0.75 (pA >= Phi(3)) after 7,212 samples here, 8,904 with the mixture and 5,114 for
+fixed-n Clopper-Pearson; at n_max its margin below the point estimate is about 1.25 times
+fixed-n's. The looks are geometric (``FIRST_LOOK``, times ``LOOK_RATIO``) plus, for each radius,
+the first sample count at which all successes would prove it, where most images (pA near 1)
+can stop.
 """
 
 from __future__ import annotations
