@@ -3,8 +3,12 @@
 For a small ViT and a tiny CNN on CIFAR-sized inputs, over a sweep of batch sizes, prints the
 noisy samples/s CERTIFY reaches and the samples/s of the bare forward pass in full batches of the
 same size (the ceiling: the gap is the cost of drawing noise and counting); a model that does no
-work (``null``) gives the rate of drawing noise and counting alone. Each figure is the best
-of ``--reps`` timings, to damp the noise of a shared machine.
+work (``null``) gives the rate of drawing noise and counting alone. ``noise bound`` is the ratio
+that drawing the noise alone allows, 1 / (1 + forward rate / noise rate), with the noise rate that
+of ``normal_`` into one layout chunk: where drawing Gaussian noise is slow next to the model (a
+CPU, a tiny model), it, not the code around it, caps the ratio. Certification and the bare
+forward are timed in turn, and each figure is the best of ``--reps``, to damp the noise of a
+shared machine.
 
     python bench/bench_certify.py [--device cpu|cuda] [--autocast] [--n 1000] [--batch-sizes ...]
 """
@@ -18,7 +22,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from dmae_pipeline.smoothing import Smooth
+from dmae_pipeline.smoothing import Smooth, core
 
 
 def small_vit(num_classes: int) -> nn.Module:
@@ -63,38 +67,43 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def best_rate(work, samples: int, reps: int, device: torch.device) -> float:
-    """Samples/s of the fastest of ``reps`` timed calls of ``work`` (after one warm-up call)."""
-    work()
-    best = float("inf")
-    for _ in range(reps):
-        _sync(device)
-        start = time.perf_counter()
+def best_times(works, reps: int, device: torch.device) -> list[float]:
+    """The fastest of ``reps`` timed calls of each of ``works`` (after one warm-up call each),
+    taking turns so that a load on the machine slows them alike."""
+    for work in works:
         work()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return samples / best
+    best = [float("inf")] * len(works)
+    for _ in range(reps):
+        for i, work in enumerate(works):
+            _sync(device)
+            start = time.perf_counter()
+            work()
+            _sync(device)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
 
 
-def certify_rate(smooth: Smooth, x: torch.Tensor, n0: int, n: int, batch_size: int, reps: int):
-    """Noisy samples/s of CERTIFY."""
+def rates(smooth: Smooth, x, n0: int, n: int, batch_size: int, reps: int, autocast):
+    """Samples/s of CERTIFY, of the bare forward pass in full batches on as many samples, and of
+    drawing the noise."""
     generator = torch.Generator(device=x.device).manual_seed(0)
-    return best_rate(
-        lambda: smooth.certify(x, n0, n, 0.001, batch_size, generator), n0 + n, reps, x.device
-    )
-
-
-def forward_rate(model: nn.Module, x, samples: int, batch_size: int, reps: int, autocast):
-    """Samples/s of the bare forward pass on ``samples`` inputs, in full batches."""
     batch = x.expand(batch_size, *x.shape).contiguous()
-    batches = -(-samples // batch_size)
+    batches = -(-(n0 + n) // batch_size)
+    chunk = torch.empty(max(1, core.NOISE_CHUNK_ELEMENTS // x.numel()), *x.shape, device=x.device)
 
-    def work():
+    def certify():
+        smooth.certify(x, n0, n, 0.001, batch_size, generator)
+
+    def forward():
         with torch.inference_mode(), autocast():
             for _ in range(batches):
-                model(batch).argmax(1)
+                smooth.model(batch).argmax(1)
 
-    return best_rate(work, batches * batch_size, reps, x.device)
+    def noise():
+        chunk.normal_(0.0, smooth.sigma, generator=generator)
+
+    times = best_times([certify, forward, noise], reps, x.device)
+    return (n0 + n) / times[0], batches * batch_size / times[1], len(chunk) / times[2]
 
 
 def main() -> None:
@@ -121,17 +130,20 @@ def main() -> None:
         f"device={device} threads={torch.get_num_threads()} autocast={dtype} "
         f"n0={args.n0} n={args.n} reps={args.reps}, input 3x32x32, 10 classes"
     )
-    print(f"{'model':<10}{'batch':>7}{'certify samples/s':>20}{'forward samples/s':>20}", end="")
-    print(f"{'ratio':>7}")
+    print(
+        f"{'model':<10}{'batch':>7}{'certify samples/s':>20}{'forward samples/s':>20}"
+        f"{'ratio':>7}{'noise samples/s':>17}{'noise bound':>13}"
+    )
     for name, build in (("small_vit", small_vit), ("tiny_cnn", tiny_cnn), ("null", NullModel)):
         model = build(10).to(device).eval()
         smooth = Smooth(model, 10, sigma=0.25, autocast_dtype=dtype)
         for batch_size in args.batch_sizes:
-            certified = certify_rate(smooth, x, args.n0, args.n, batch_size, args.reps)
-            bare = forward_rate(model, x, args.n0 + args.n, batch_size, args.reps, autocast)
+            certified, bare, noise = rates(
+                smooth, x, args.n0, args.n, batch_size, args.reps, autocast
+            )
             print(
                 f"{name:<10}{batch_size:>7}{certified:>20,.0f}{bare:>20,.0f}"
-                f"{certified / bare:>7.2f}"
+                f"{certified / bare:>7.2f}{noise:>17,.0f}{1 / (1 + bare / noise):>13.2f}"
             )
 
 

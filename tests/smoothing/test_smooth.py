@@ -3,9 +3,16 @@ import pytest
 import torch
 from scipy.stats import binom, binomtest, norm
 
-from dmae_pipeline.smoothing import Smooth, lower_confidence_bound
+from dmae_pipeline.smoothing import Smooth, core, lower_confidence_bound
 
-from .toys import BernoulliModel, ConstantModel, LinearModel, Recorder
+from .toys import (
+    BernoulliModel,
+    CategoricalModel,
+    ConstantModel,
+    GroupMaxModel,
+    LinearModel,
+    Recorder,
+)
 
 CENTER, SIGMA = 0.5, 0.25
 X1 = torch.full((1,), CENTER)  # a one-pixel input for the Bernoulli model
@@ -74,21 +81,106 @@ def test_predict_answers_a_coin_flip_at_most_alpha_of_the_time():
     assert binomtest(answered, trials, alpha, alternative="greater").pvalue > 1e-3
 
 
-def noisy_inputs(batch_size: int, num: int = 250, noise_chunk: int = 100, **kwargs):
-    recorder = Recorder(LinearModel(3 * 4 * 4, 10))
-    smooth = Smooth(recorder, 10, sigma=0.5, seed=7, noise_chunk=noise_chunk, **kwargs)
-    x = torch.linspace(0, 1, 48).reshape(3, 4, 4)
-    counts = smooth._sample_counts(x, num, batch_size, smooth._prepare(x, batch_size, None)[1])
-    return recorder, counts
+class SelectsFromEstimation(Smooth):
+    """Wrong on purpose: takes c_hat from the estimation samples, not from separate ones."""
+
+    def certify_detailed(self, x, n0, n, alpha, batch_size, generator=None):
+        x, generator = self._prepare(x, batch_size, generator)
+        counts = self._sample_counts(x, n, batch_size, generator)
+        c_hat = int(counts.argmax())
+        n_a = int(counts[c_hat])
+        return self._certificate(c_hat, n_a, n, lower_confidence_bound(n_a, n, alpha))
 
 
 @pytest.mark.parametrize(
-    ("noise_chunk", "batch_sizes"), [(100, (1, 7, 100, 120, 1000)), (64, (5, 64, 300))]
+    ("smooth_class", "valid"), [(Smooth, True), (SelectsFromEstimation, False)]
 )
-def test_noise_and_counts_do_not_depend_on_batch_size(noise_chunk, batch_sizes):
-    runs = [noisy_inputs(b, noise_chunk=noise_chunk) for b in batch_sizes]
+def test_certify_at_a_two_class_tie_certifies_at_most_alpha_of_the_time(smooth_class, valid):
+    """pA = pB = 1/2: any certificate is false. With c_hat taken from the estimation samples, the
+    larger count is tested and about 2 alpha of the runs certify."""
+    smooth = smooth_class(BernoulliModel(0.5, CENTER, SIGMA), 2, SIGMA, seed=0)
+    trials, alpha = 2000, 0.05
+    certified = sum(smooth.certify(X1, 100, 100, alpha, 200)[0] != -1 for _ in range(trials))
+    within = binomtest(certified, trials, alpha, alternative="greater").pvalue > 1e-3
+    assert within == valid, certified / trials
+
+
+class PredictsOnAllSamples(Smooth):
+    """Wrong on purpose: tests the top count against all n samples, not against the top two."""
+
+    def predict(self, x, n, alpha, batch_size, generator=None):
+        x, generator = self._prepare(x, batch_size, generator)
+        counts = self._sample_counts(x, n, batch_size, generator).cpu().numpy()
+        top = int(counts.argmax())
+        if binomtest(int(counts[top]), n, p=0.5).pvalue > alpha:
+            return Smooth.ABSTAIN
+        return top
+
+
+@pytest.mark.parametrize(("smooth_class", "valid"), [(Smooth, True), (PredictsOnAllSamples, False)])
+def test_predict_abstains_between_two_tied_classes_beside_a_third(smooth_class, valid):
+    """Classes at 0.4 / 0.4 / 0.2: g(x) is a tie, so PREDICT should answer at most alpha of the
+    time; testing the top count against all n samples answers almost always."""
+    smooth = smooth_class(CategoricalModel([0.4, 0.4, 0.2], CENTER, SIGMA), 3, SIGMA, seed=3)
+    trials, alpha = 300, 0.05
+    answered = sum(smooth.predict(X1, 1000, alpha, 1000) != -1 for _ in range(trials))
+    within = binomtest(answered, trials, alpha, alternative="greater").pvalue > 1e-3
+    assert within == valid, answered / trials
+
+
+def noisy_inputs(batch_size: int, num: int = 250, chunk: int = 100, model=None, **kwargs):
+    """The inputs a model sees while ``num`` samples are counted, ``chunk`` samples a draw."""
+    recorder = Recorder(model or LinearModel(3 * 5 * 5, 10))
+    smooth = Smooth(recorder, 10, sigma=0.5, seed=7, **kwargs)
+    x = torch.linspace(0, 1, 75).reshape(3, 5, 5)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(core, "NOISE_CHUNK_ELEMENTS", chunk * x.numel())
+        counts = smooth._sample_counts(x, num, batch_size, smooth._prepare(x, batch_size, None)[1])
+    return recorder, counts
+
+
+def reference_counts(model, x, segments, sigma, generator, num_classes, chunk):
+    """The noise layout, one sample at a time: each segment drawn ``chunk`` samples per call."""
+    inputs, counts = [], []
+    for num in segments:
+        counts.append(torch.zeros(num_classes, dtype=torch.int64))
+        for start in range(0, num, chunk):
+            noise = torch.empty(min(chunk, num - start), *x.shape).normal_(
+                0, sigma, generator=generator
+            )
+            for eps in noise:
+                inputs.append(x + eps)
+                counts[-1][model(inputs[-1][None]).argmax()] += 1
+    return torch.stack(inputs), counts
+
+
+@pytest.mark.parametrize(("chunk", "batch_size"), [(100, 64), (64, 300), (7, 1), (1000, 333)])
+def test_batched_noise_and_counts_equal_a_sample_by_sample_reference(chunk, batch_size):
+    model = GroupMaxModel(5)
+    x = torch.rand(3, 5, 5, generator=torch.Generator().manual_seed(1))
+    recorder = Recorder(model)
+    smooth = Smooth(recorder, 5, sigma=0.25)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(core, "NOISE_CHUNK_ELEMENTS", chunk * x.numel())
+        cert = smooth.certify_detailed(
+            x, 30, 270, 0.01, batch_size, torch.Generator().manual_seed(5)
+        )
+    inputs, (selection, estimation) = reference_counts(
+        model, x, (30, 270), 0.25, torch.Generator().manual_seed(5), 5, chunk
+    )
+    assert torch.equal(recorder.seen(), inputs)
+    c_hat = int(selection.argmax())
+    assert (cert.c_hat, cert.n_a, cert.n) == (c_hat, int(estimation[c_hat]), 270)
+    assert len(set(estimation.tolist())) > 1  # the counts are not all equal (the test has teeth)
+
+
+@pytest.mark.parametrize(
+    ("chunk", "batch_sizes"), [(100, (1, 7, 100, 120, 1000)), (64, (5, 64, 300))]
+)
+def test_noise_and_counts_do_not_depend_on_batch_size(chunk, batch_sizes):
+    runs = [noisy_inputs(b, chunk=chunk) for b in batch_sizes]
     reference_inputs, reference_counts = runs[0][0].seen(), runs[0][1]
-    assert reference_inputs.shape == (250, 3, 4, 4) and int(reference_counts.sum()) == 250
+    assert reference_inputs.shape == (250, 3, 5, 5) and int(reference_counts.sum()) == 250
     for recorder, counts in runs[1:]:
         assert torch.equal(recorder.seen(), reference_inputs)
         assert torch.equal(counts, reference_counts)
@@ -104,7 +196,7 @@ def test_batches_are_full_but_the_last(batch_size, calls):
 
 def test_noise_is_gaussian_with_sigma_in_pixel_space():
     recorder, _ = noisy_inputs(500, num=4000)
-    x = torch.linspace(0, 1, 48).reshape(3, 4, 4)
+    x = torch.linspace(0, 1, 75).reshape(3, 5, 5)
     noise = recorder.seen() - x
     assert recorder.seen().dtype == torch.float32
     assert noise.mean().item() == pytest.approx(0.0, abs=0.005)
@@ -172,8 +264,6 @@ def test_constructor_and_model_checks():
         Smooth(ConstantModel(3, 0), 3, sigma=0.0)
     with pytest.raises(ValueError, match="num_classes"):
         Smooth(ConstantModel(3, 0), 1, sigma=0.25)
-    with pytest.raises(ValueError, match="noise_chunk"):
-        Smooth(ConstantModel(3, 0), 3, sigma=0.25, noise_chunk=0)
     wrong_width = Smooth(ConstantModel(5, 0), 3, sigma=0.25, seed=0)
     with pytest.raises(ValueError, match=r"num_classes=3"):
         wrong_width.predict(torch.rand(4), 10, 0.01, 4)

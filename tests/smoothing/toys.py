@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from scipy.stats import norm
 from torch import nn
@@ -71,3 +72,33 @@ class Recorder(nn.Module):
 
     def seen(self) -> torch.Tensor:
         return torch.cat(self.inputs)
+
+
+class CategoricalModel(nn.Module):
+    """Class c with probability ``probs[c]`` under N(0, sigma^2) noise around ``center``.
+
+    Reads the noise back from its input's first pixel, as ``BernoulliModel`` does.
+    """
+
+    def __init__(self, probs, center: float, sigma: float):
+        super().__init__()
+        self.center, self.sigma, self.num_classes = center, sigma, len(probs)
+        cuts = norm.ppf(np.cumsum(probs)[:-1])
+        self.register_buffer("cuts", torch.tensor(cuts, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x.flatten(1)[:, :1] - self.center) / self.sigma
+        return nn.functional.one_hot((z >= self.cuts).sum(1), self.num_classes).float()
+
+
+class GroupMaxModel(nn.Module):
+    """Logit c is the largest pixel of the c-th of ``num_classes`` equal groups of the flattened
+    input: every pixel counts, and the max is exact, so a sample's class never depends on the
+    batch it is evaluated in."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1).unflatten(1, (self.num_classes, -1)).amax(dim=2)

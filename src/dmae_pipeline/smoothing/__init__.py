@@ -1,8 +1,8 @@
-"""Randomized smoothing (Cohen et al. 2019): PREDICT, CERTIFY, certification logs and
-certified-accuracy curves."""
+"""Randomized smoothing (Cohen et al. 2019): PREDICT, CERTIFY, sequential CERTIFY, certification
+logs and certified-accuracy curves."""
 
 from dmae_pipeline.smoothing.bounds import lower_confidence_bound
-from dmae_pipeline.smoothing.core import Certificate, Smooth
+from dmae_pipeline.smoothing.core import NOISE_LAYOUT, Certificate, SequentialItem, Smooth
 from dmae_pipeline.smoothing.curves import (
     average_certified_radius,
     best_over_sigma,
@@ -16,10 +16,15 @@ from dmae_pipeline.smoothing.log import (
     read_log,
     shard_indices,
 )
+from dmae_pipeline.smoothing.sequential import SEQUENTIAL_TEST, SequentialTest
 
 __all__ = [
     "LOG_COLUMNS",
+    "NOISE_LAYOUT",
+    "SEQUENTIAL_TEST",
     "Certificate",
+    "SequentialItem",
+    "SequentialTest",
     "Smooth",
     "average_certified_radius",
     "best_over_sigma",

@@ -1,0 +1,214 @@
+"""Sequential CERTIFY against fixed-n CERTIFY: samples per image, certified accuracy, throughput.
+
+1. Synthetic (``synthetic``): a two-class base classifier whose label class has a known
+   probability p under noise, per image, from a spread like a trained model's: 65% of images near
+   1 (1 - p log-uniform in [1e-7, 1e-4]), 20% across the radius thresholds (Phi^-1(p) uniform in
+   [0, 3.5], i.e. a true radius uniform in [0, 3.5 sigma]) and 15% below 1/2 (p uniform in
+   [0.05, 0.5]: the other class wins). Counts are drawn as binomials per look, so thousands of
+   images take seconds; the same is then run through ``Smooth.certify_many`` on a subset with a
+   model whose forward is a comparison, to exercise the pooled code path end to end. Prints mean
+   and median estimation samples per image (goal: mean at most n_max / 10) and certified accuracy
+   at each radius, sequential against fixed-n Clopper-Pearson at n = n_max (goal: within 0.5
+   points).
+2. A real model (``compare_on_model``): sequential and fixed-n CERTIFY of a model on a dataset,
+   with the pooled path's samples/s against the bare forward pass at the same batch size. Run here
+   on an untrained tiny CNN and random images, for throughput only. The digits comparison (a
+   model trained by the pipeline, on the digits test set) is ``compare_on_model`` called with that
+   model and dataset.
+
+    python bench/sequential.py [--images 4000] [--pooled-images 2000] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from scipy.stats import norm
+from torch import nn
+
+from bench_certify import tiny_cnn
+from dmae_pipeline.smoothing import SequentialTest, Smooth, lower_confidence_bound
+
+SIGMA, ALPHA, N0, N_MAX = 0.25, 0.001, 100, 100_000
+RADII = (0.25, 0.5, 0.75, 1.0)
+
+
+def label_probabilities(count: int, rng: np.random.Generator) -> np.ndarray:
+    """The label class's probability under noise, per image, from the spread in the docstring."""
+    kind = rng.choice(3, size=count, p=[0.65, 0.20, 0.15])
+    near_one = 1 - 10 ** rng.uniform(-7, -4, count)
+    across = norm.cdf(rng.uniform(0, 3.5, count))
+    below = rng.uniform(0.05, 0.5, count)
+    return np.choose(kind, [near_one, across, below])
+
+
+def certified_accuracy(c_hat, p_a_lower, radii=RADII) -> np.ndarray:
+    """Percent of images certified for the label (class 0) at each radius."""
+    radius = np.where(p_a_lower >= 0.5, SIGMA * norm.ppf(np.maximum(p_a_lower, 0.5)), -1.0)
+    return np.array([100 * np.mean((c_hat == 0) & (radius >= r)) for r in radii])
+
+
+def simulate(p_label: np.ndarray, test: SequentialTest, rng: np.random.Generator):
+    """Selection, sequential estimation and fixed-n estimation from binomial draws.
+
+    :return: c_hat, estimation samples and pA_lower (sequential), pA_lower (fixed n = n_max)
+    """
+    selected = rng.binomial(N0, p_label)
+    c_hat = np.where(selected >= N0 - selected, 0, 1)  # argmax takes the first of tied classes
+    p_a = np.where(c_hat == 0, p_label, 1 - p_label)
+    n_a, n = np.zeros(len(p_a), np.int64), np.zeros(len(p_a), np.int64)
+    active, drawn = np.ones(len(p_a), bool), 0
+    for look in test.looks:
+        running = np.flatnonzero(active)
+        n_a[running] += rng.binomial(look - drawn, p_a[running])
+        n[running], drawn = look, look
+        active[running[test.settled(n_a[running], look)]] = False
+    fixed = lower_confidence_bound(rng.binomial(test.n_max, p_a), test.n_max, test.alpha)
+    return c_hat, n, test.lower(n_a, n), fixed
+
+
+class Threshold(nn.Module):
+    """Class 0 when the (noisy) first pixel is below 1/2: at x = 1/2 - sigma Phi^-1(p), class 0
+    has probability p under noise."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = x.flatten(1)[:, :1]
+        return torch.cat((0.5 - first, first - 0.5), dim=1)
+
+
+def print_comparison(name, n, c_hat, lower, fixed_lower, n_max) -> None:
+    sequential, fixed = certified_accuracy(c_hat, lower), certified_accuracy(c_hat, fixed_lower)
+    print(
+        f"{name}: {len(n)} images, estimation samples per image: mean {n.mean():,.0f} "
+        f"({n.mean() / n_max:.3f} n_max), median {np.median(n):,.0f}"
+    )
+    print(f"  {'radius':>8}{'sequential %':>14}{'fixed-n %':>11}{'difference':>12}")
+    for r, s, f in zip(RADII, sequential, fixed, strict=True):
+        print(f"  {r:>8}{s:>14.2f}{f:>11.2f}{s - f:>12.2f}")
+
+
+def synthetic(images: int, pooled_images: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    test = SequentialTest(N_MAX, ALPHA, SIGMA, RADII)
+    print(
+        f"sigma={SIGMA} alpha={ALPHA} n0={N0} n_max={N_MAX:,} radii={RADII}; "
+        f"{len(test.looks)} looks at alpha/{ALPHA / test.alpha_look:.0f}: {test.looks}"
+    )
+    p_label = label_probabilities(images, rng)
+    c_hat, n, lower, fixed = simulate(p_label, test, rng)
+    print_comparison("synthetic, binomial draws", n, c_hat, lower, fixed, N_MAX)
+    for name, part in (
+        ("near 1", p_label > 1 - 1e-4),
+        ("across", (p_label >= 0.5) & (p_label <= 1 - 1e-4)),
+        ("below 1/2", p_label < 0.5),
+    ):
+        print(f"  {name}: {part.mean():.0%} of images, mean samples {n[part].mean():,.0f}")
+
+    # the same through Smooth.certify_many
+    p_label = p_label[:pooled_images]
+    smooth = Smooth(Threshold(), 2, SIGMA)
+    items = (
+        (i, torch.tensor([0.5 - SIGMA * norm.ppf(p)]), torch.Generator().manual_seed(seed + i))
+        for i, p in enumerate(p_label)
+    )
+    start = time.perf_counter()
+    certs = dict(smooth.certify_many(items, N0, N_MAX, ALPHA, 10_000, RADII))
+    seconds = time.perf_counter() - start
+    certs = [certs[i] for i in range(len(p_label))]
+    n = np.array([c.n for c in certs])
+    c_hat = np.array([c.c_hat for c in certs])
+    lower = np.array([c.p_a_lower for c in certs])
+    _, n_simulated, _, fixed = simulate(p_label, test, rng)
+    print_comparison(
+        f"synthetic, Smooth.certify_many ({seconds:.1f} s)", n, c_hat, lower, fixed, N_MAX
+    )
+    print(f"  (binomial draws on the same images: mean samples {n_simulated.mean():,.0f})")
+
+
+def compare_on_model(
+    smooth: Smooth,
+    dataset,
+    n0: int,
+    n_max: int,
+    alpha: float,
+    batch_size: int,
+    radii=RADII,
+    seed: int = 0,
+) -> None:
+    """Sequential (pooled) against fixed-n CERTIFY of ``smooth`` on ``dataset`` (a sequence of
+    (image, label) pairs, images on the model's device): prints estimation samples per image,
+    certified accuracy at each radius and noisy samples/s of both paths against the bare forward
+    pass in full batches of ``batch_size``."""
+    device = dataset[0][0].device
+    labels = np.array([int(label) for _, label in dataset])
+
+    def generator(i: int) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(seed + i)
+
+    start = time.perf_counter()
+    items = ((i, image, generator(i)) for i, (image, _) in enumerate(dataset))
+    pooled = dict(smooth.certify_many(items, n0, n_max, alpha, batch_size, radii))
+    pooled_seconds = time.perf_counter() - start
+    pooled = [pooled[i] for i in range(len(dataset))]
+    start = time.perf_counter()
+    fixed = [
+        smooth.certify_detailed(image, n0, n_max, alpha, batch_size, generator(i))
+        for i, (image, _) in enumerate(dataset)
+    ]
+    fixed_seconds = time.perf_counter() - start
+
+    n = np.array([c.n for c in pooled])
+    pooled_samples, fixed_samples = len(dataset) * n0 + n.sum(), len(dataset) * (n0 + n_max)
+    batch = dataset[0][0].expand(batch_size, *dataset[0][0].shape).contiguous()
+    batches = -(-pooled_samples // batch_size)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for _ in range(batches):
+            smooth.model(batch).argmax(1)
+    bare = batches * batch_size / (time.perf_counter() - start)
+
+    def accuracy(certs):
+        return [
+            100
+            * np.mean(
+                [c.prediction == y and c.radius >= r for c, y in zip(certs, labels, strict=True)]
+            )
+            for r in radii
+        ]
+
+    print(
+        f"{len(dataset)} images, n0={n0} n_max={n_max:,} alpha={alpha} batch={batch_size}: "
+        f"estimation samples per image mean {n.mean():,.0f}, median {np.median(n):,.0f}"
+    )
+    print(f"  certified accuracy % at {tuple(radii)}:")
+    print(f"    sequential {np.round(accuracy(pooled), 2)}, fixed-n {np.round(accuracy(fixed), 2)}")
+    print(
+        f"  samples/s: pooled sequential {pooled_samples / pooled_seconds:,.0f}, fixed-n "
+        f"{fixed_samples / fixed_seconds:,.0f}, bare forward {bare:,.0f} "
+        f"(pooled / bare {pooled_samples / pooled_seconds / bare:.2f})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=4000)
+    parser.add_argument("--pooled-images", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model-images", type=int, default=60)
+    parser.add_argument("--model-n-max", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=400)
+    args = parser.parse_args()
+    print("== 1. synthetic base classifier ==")
+    synthetic(args.images, args.pooled_images, args.seed)
+    print("== 2. untrained tiny CNN on random 3x32x32 images (throughput only) ==")
+    torch.manual_seed(args.seed)
+    dataset = [(torch.rand(3, 32, 32), i % 10) for i in range(args.model_images)]
+    smooth = Smooth(tiny_cnn(10).eval(), 10, SIGMA)
+    compare_on_model(smooth, dataset, N0, args.model_n_max, ALPHA, args.batch_size, seed=args.seed)
+
+
+if __name__ == "__main__":
+    main()
