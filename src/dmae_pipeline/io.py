@@ -1,11 +1,14 @@
-"""File helpers shared by every layer: atomic writes, code-free loading and run locks."""
+"""File helpers shared by every layer: atomic writes, code-free loading, state digests and run
+locks."""
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import hashlib
 import os
 import tempfile
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -52,6 +55,17 @@ def safe_torch_load(path: str | Path | IO[bytes], map_location: Any = "cpu") -> 
     except Exception as e:
         msg = f"{path} is not a readable torch file (corrupt, or holds code): {e}"
         raise ValueError(msg) from e
+
+
+def state_digest(state: Mapping[str, Any]) -> str:
+    """SHA-256 of a state dict's names and tensor bytes (of its 'model' entry if it has one)."""
+    tensors = state["model"] if isinstance(state.get("model"), Mapping) else state
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        value = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class LockedError(RuntimeError):

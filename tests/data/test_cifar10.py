@@ -22,8 +22,8 @@ from fixture_files import (
     write_cifar_folder,
 )
 
-from dmae_pipeline.data import DataPrepConfig, prepare, read_cifar10
 from dmae_pipeline.data import cifar10 as cifar
+from dmae_pipeline.data import prepare, read_cifar10
 
 N_TRAIN = 5 * PER_BATCH
 
@@ -67,9 +67,8 @@ def test_prepare_carves_a_seeded_validation_split_from_train(tmp_path, cifar_arc
     archive, md5, expected = cifar_archive
     (tmp_path / "raw").mkdir()
     shutil.copy(archive, tmp_path / "raw" / cifar.ARCHIVE)
-    params = {"source": "cifar10", "raw_dir": str(tmp_path / "raw"), "md5": md5}
-    config = DataPrepConfig.from_params({**params, "val_fraction": 0.25})
-    spec, splits = prepare(config)
+    params = {"raw_dir": tmp_path / "raw", "md5": md5, "val_fraction": 0.25}
+    spec, splits = prepare("cifar10", 32, **params)
     assert spec == {
         "name": "cifar10",
         "source": "cifar10",
@@ -88,9 +87,9 @@ def test_prepare_carves_a_seeded_validation_split_from_train(tmp_path, cifar_arc
     assert torch.equal(
         splits["test"]["images"].reshape(N_TEST, -1), torch.from_numpy(expected["test_data"])
     )
-    again = prepare(config)[1]
+    again = prepare("cifar10", 32, **params)[1]
     assert torch.equal(again["val"]["images"], splits["val"]["images"])
-    other = prepare(DataPrepConfig.from_params({**params, "val_fraction": 0.25, "seed": 1}))[1]
+    other = prepare("cifar10", 32, **params, seed=1)[1]
     assert not torch.equal(other["val"]["labels"], splits["val"]["labels"]) or not torch.equal(
         other["val"]["images"], splits["val"]["images"]
     )

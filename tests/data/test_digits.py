@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from dmae_pipeline.data import DataPrepConfig, prepare, read_digits
+from dmae_pipeline.data import prepare, read_digits
 from dmae_pipeline.data.prepare import channel_stats
 
 
@@ -33,7 +33,7 @@ def test_upscaled_digits_keep_their_ink():
 
 def test_prepare_splits_all_digits_by_seed_and_takes_stats_from_train():
     params = {"source": "digits", "image_size": 12, "val_fraction": 0.1, "test_fraction": 0.2}
-    spec, splits = prepare(DataPrepConfig.from_params(params))
+    spec, splits = prepare(**params)
     assert spec["split_sizes"] == {"train": 1258, "val": 180, "test": 359}
     assert (spec["name"], spec["num_classes"], spec["image_size"], spec["channels"]) == (
         "digits",
@@ -52,9 +52,9 @@ def test_prepare_splits_all_digits_by_seed_and_takes_stats_from_train():
     parts = [splits[n] for n in ("train", "val", "test")]
     combined = torch.cat([p["images"] for p in parts]), torch.cat([p["labels"] for p in parts])
     assert labelled_images(*combined) == labelled_images(every["images"], every["labels"])
-    again = prepare(DataPrepConfig.from_params(params))[1]
+    again = prepare(**params)[1]
     assert all(torch.equal(again[n]["images"], splits[n]["images"]) for n in splits)
-    other = prepare(DataPrepConfig.from_params({**params, "seed": 5}))[1]
+    other = prepare(**{**params, "seed": 5})[1]
     assert not torch.equal(other["test"]["images"], splits["test"]["images"])
 
 

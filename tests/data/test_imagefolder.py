@@ -11,7 +11,6 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from dmae_pipeline.data import (
-    DataPrepConfig,
     SplitDataset,
     build_transform,
     prepare,
@@ -62,15 +61,7 @@ def test_manifest_lists_files_without_opening_them(image_folder, monkeypatch):
 
 
 def test_prepare_carves_val_from_train_and_uses_val_folder_as_test(image_folder):
-    config = DataPrepConfig.from_params(
-        {
-            "source": "imagefolder",
-            "image_size": 16,
-            "raw_dir": str(image_folder),
-            "val_fraction": 0.3,
-        }
-    )
-    spec, splits = prepare(config)
+    spec, splits = prepare("imagefolder", 16, raw_dir=image_folder, val_fraction=0.3)
     assert spec["split_sizes"] == {"train": 5, "val": 2, "test": 4}
     assert spec["class_names"] == ["cat", "dog"] and spec["num_classes"] == 2
     assert spec["mean"] == pytest.approx([0.485, 0.456, 0.406])
@@ -83,11 +74,7 @@ def test_prepare_carves_val_from_train_and_uses_val_folder_as_test(image_folder)
 
 
 def test_split_dataset_streams_files_at_the_spec_resolution(image_folder, tmp_path):
-    spec, splits = prepare(
-        DataPrepConfig.from_params(
-            {"source": "imagefolder", "image_size": 16, "raw_dir": str(image_folder)}
-        )
-    )
+    spec, splits = prepare("imagefolder", 16, raw_dir=image_folder)
     # The manifest survives the catalog's code-free torch file round trip.
     stored = TorchFileDataset(str(tmp_path / "test.pt"))
     stored.save(splits["test"])

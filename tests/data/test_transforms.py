@@ -118,19 +118,6 @@ def test_full_training_augmentation_ends_at_native_size_in_unit_range(channels):
         assert images.min() >= 0 and images.max() <= 1
 
 
-@pytest.mark.parametrize(
-    ("augment", "message"),
-    [
-        ({"flip": True}, r"unknown keys \['flip'\]"),
-        ({"hflip": "yes"}, "augment.hflip must be true or false"),
-        ({"random_resized_crop": {"scale": [0.5, 0.2]}}, "augment.random_resized_crop"),
-        ({"random_resized_crop": {"scale": [0.2, 1.0], "ratio": 1}}, "augment.random_resized_crop"),
-        ({"rand_augment": "m9"}, "augment.rand_augment must be a timm config"),
-        ({"rand_augment": "rand-m9-mx"}, "augment.rand_augment must be a timm config"),
-        ({"rand_augment": "rand-q9"}, "augment.rand_augment='rand-q9' is not a timm"),
-        ("hflip", "augment must be a mapping"),
-    ],
-)
-def test_bad_augment_is_refused_naming_the_key(augment, message):
-    with pytest.raises(ValueError, match=message):
-        build_transform(SPEC, train=True, augment=augment)
+def test_a_config_timm_does_not_know_is_refused():
+    with pytest.raises(ValueError, match=r"augment\.rand_augment='rand-q9' is not a timm"):
+        build_transform(SPEC, train=True, augment={"rand_augment": "rand-q9"})

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dmae_pipeline.training import check_run_dir, claim_run_dir, state_digest
+from dmae_pipeline.io import state_digest
+from dmae_pipeline.training import check_run_dir, claim_run_dir
 from dmae_pipeline.training.checkpoint import LAST
 
 

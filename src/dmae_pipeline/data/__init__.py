@@ -8,17 +8,17 @@ from dmae_pipeline.data.cifar10 import download_file, read_cifar10
 from dmae_pipeline.data.dataset import SplitDataset
 from dmae_pipeline.data.digits import read_digits
 from dmae_pipeline.data.imagefolder import read_imagefolder
-from dmae_pipeline.data.prepare import DataPrepConfig, prepare, read_source
+from dmae_pipeline.data.prepare import expected_spec, prepare, read_source
 from dmae_pipeline.data.splits import Source, carve, split_form, split_length, subset
 from dmae_pipeline.data.transforms import build_transform
 
 __all__ = [
-    "DataPrepConfig",
     "Source",
     "SplitDataset",
     "build_transform",
     "carve",
     "download_file",
+    "expected_spec",
     "prepare",
     "read_cifar10",
     "read_digits",

@@ -33,6 +33,7 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 META = "batches.meta"
 IMAGE_SIZE = 32
+TRAIN_SIZE, TEST_SIZE = 50_000, 10_000
 CHANNELS = 3
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2471, 0.2435, 0.2616)

@@ -10,6 +10,7 @@ from torchvision.transforms.v2 import functional as F
 from dmae_pipeline.data.splits import Source
 
 MAX_VALUE = 16  # the bundled images count ink in 0..16
+DIGITS_SIZE = 1797
 
 
 def read_digits(image_size: int) -> Source:

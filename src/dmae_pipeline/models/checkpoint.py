@@ -143,14 +143,15 @@ def load_pretrained(model: nn.Module, src: StateSource) -> tuple[list[str], list
     return list(missing), list(unexpected)
 
 
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict on the CPU, without wrapper prefixes (DDP, torch.compile)."""
     return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
 
 
 def export_pretrained(model: nn.Module, path: str | Path) -> None:
     """Write the released plain state dict (DMAE: encoder + decoder; classifier: encoder +
     fc_norm + head), atomically."""
-    atomic_torch_save(_cpu_state(model), path)
+    atomic_torch_save(cpu_state(model), path)
 
 
 def export_finetuned(
@@ -159,5 +160,5 @@ def export_finetuned(
     """Write the released finetuned format {'model', 'epoch', 'args'} (no optimizer state).
     ``args`` should hold plain values (numbers, strings, lists, dicts) so it loads weights-only."""
     atomic_torch_save(
-        {"model": _cpu_state(model), "epoch": int(epoch), "args": dict(args or {})}, path
+        {"model": cpu_state(model), "epoch": int(epoch), "args": dict(args or {})}, path
     )

@@ -66,16 +66,24 @@ class ViTClassifier(VisionTransformer):
         return super().forward(normalize(self, resize(x, self.img_size)))
 
 
+def classifier_config(preset: str, num_classes: int, **overrides: Any) -> dict[str, Any]:
+    """The preset with free overrides of img_size, patch_size, in_chans, embed_dim, depth,
+    num_heads, mlp_ratio, drop_path_rate, mean, std: the preset, num_classes and every resolved
+    argument of a classifier."""
+    keys = (*ENCODER_KEYS, "mean", "std", *CLASSIFIER_DEFAULTS)
+    return {
+        **resolve_config(preset, overrides, keys, CLASSIFIER_DEFAULTS),
+        "num_classes": num_classes,
+    }
+
+
 def build_classifier(preset: str, num_classes: int, **overrides: Any) -> ViTClassifier:
-    """A ViT classifier from a preset and overrides of img_size, patch_size, in_chans, embed_dim,
-    depth, num_heads, mlp_ratio, drop_path_rate, mean, std.
+    """A ViT classifier from a preset and overrides (see :func:`classifier_config`).
 
     ``model.config`` holds the preset, num_classes and every resolved argument:
     ``build_classifier(**model.config)`` rebuilds the same architecture.
     """
-    keys = (*ENCODER_KEYS, "mean", "std", *CLASSIFIER_DEFAULTS)
-    config = resolve_config(preset, overrides, keys, CLASSIFIER_DEFAULTS)
-    config["num_classes"] = num_classes
+    config = classifier_config(preset, num_classes, **overrides)
     model = ViTClassifier(**{k: v for k, v in config.items() if k != "preset"})
     model.config = config
     return model

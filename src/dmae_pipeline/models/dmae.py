@@ -275,16 +275,22 @@ class DMAE(nn.Module):
         return out.loss, out.pred, out.mask
 
 
+def dmae_config(preset: str, **overrides: Any) -> dict[str, Any]:
+    """The preset (pico, nano, tiny, small, base, large) with free overrides of img_size,
+    patch_size, in_chans, embed_dim, depth, num_heads, decoder_embed_dim, decoder_depth,
+    decoder_num_heads, mlp_ratio, sigma, mask_ratio, norm_pix_loss, loss_on, mean, std: the
+    preset and every resolved argument of a DMAE."""
+    keys = (*ENCODER_KEYS, *DECODER_KEYS, "mean", "std", *DMAE_DEFAULTS)
+    return resolve_config(preset, overrides, keys, DMAE_DEFAULTS)
+
+
 def build_dmae(preset: str, **overrides: Any) -> DMAE:
-    """A DMAE from a preset (pico, nano, tiny, small, base, large) and free overrides of
-    img_size, patch_size, in_chans, embed_dim, depth, num_heads, decoder_embed_dim, decoder_depth,
-    decoder_num_heads, mlp_ratio, sigma, mask_ratio, norm_pix_loss, loss_on, mean, std.
+    """A DMAE from a preset and overrides (see :func:`dmae_config`).
 
     ``model.config`` holds the preset and every resolved argument: ``build_dmae(**model.config)``
     rebuilds the same architecture.
     """
-    keys = (*ENCODER_KEYS, *DECODER_KEYS, "mean", "std", *DMAE_DEFAULTS)
-    config = resolve_config(preset, overrides, keys, DMAE_DEFAULTS)
+    config = dmae_config(preset, **overrides)
     model = DMAE(**{k: v for k, v in config.items() if k != "preset"})
     model.config = config
     return model

@@ -100,6 +100,7 @@ def resolve_config(
 
 
 def encoder_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The encoder part of a DMAE or classifier config: ``build_classifier(num_classes=K,
-    **encoder_config(dmae.config))`` builds a classifier whose encoder matches the DMAE's."""
-    return {k: config[k] for k in ("preset", *ENCODER_KEYS, "mean", "std")}
+    """The encoder part of a (partial) DMAE or classifier config: ``build_classifier(
+    num_classes=K, **encoder_config(dmae.config))`` builds a classifier whose encoder matches the
+    DMAE's."""
+    return {k: config[k] for k in ("preset", *ENCODER_KEYS, "mean", "std") if k in config}

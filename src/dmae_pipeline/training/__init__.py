@@ -7,7 +7,7 @@ from dmae_pipeline.training.engine import NonFiniteLossError, derive_seed, fit, 
 from dmae_pipeline.training.evaluate import accuracy_evaluator, noisy_accuracy
 from dmae_pipeline.training.losses import LossFn, consistency_loss, noisy_classification_loss
 from dmae_pipeline.training.optim import build_optimizer, param_groups
-from dmae_pipeline.training.run_record import check_run_dir, claim_run_dir, state_digest
+from dmae_pipeline.training.run_record import check_run_dir, claim_run_dir
 from dmae_pipeline.training.schedule import lr_at, peak_lr
 
 __all__ = [
@@ -32,6 +32,5 @@ __all__ = [
     "peak_lr",
     "resolve_device",
     "split_batch",
-    "state_digest",
     "training_identity",
 ]

@@ -6,14 +6,11 @@ model, the data, the augmentation, the initial weights, the loss.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from dmae_pipeline import distributed
 from dmae_pipeline.io import atomic_write
@@ -22,17 +19,6 @@ from dmae_pipeline.training.checkpoint import LAST
 logger = logging.getLogger(__name__)
 
 RUN_RECORD = "run.json"
-
-
-def state_digest(state: Mapping[str, Any]) -> str:
-    """SHA-256 of a state dict's names and tensor bytes (of its 'model' entry if it has one)."""
-    tensors = state["model"] if isinstance(state.get("model"), Mapping) else state
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        value = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
-        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
