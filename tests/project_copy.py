@@ -30,3 +30,16 @@ def run_kedro(project: Path, pipelines: str = "__default__", env: str = "test", 
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env=env, runtime_params=params) as session:
         return session.run(pipeline_names=pipelines.split(","))
+
+
+def env_parameters(env: str = "test") -> dict:
+    """An env's parameters as ``kedro run --env=<env>`` resolves them (its files merged onto
+    conf/base), before validation."""
+    from kedro.config import OmegaConfigLoader
+
+    from dmae_pipeline.settings import CONFIG_LOADER_ARGS
+
+    loader = OmegaConfigLoader(
+        str(PROJECT_ROOT / "conf"), env=None if env == "base" else env, **CONFIG_LOADER_ARGS
+    )
+    return loader["parameters"]

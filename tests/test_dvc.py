@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -126,11 +127,33 @@ def conf_files(kind: str) -> list[Path]:
     )
 
 
+def load_conf(file: Path) -> dict[str, Any]:
+    """A conf/base file with its ``${globals:...}`` references resolved, as Kedro reads it."""
+    folders = yaml.safe_load((BASE / "globals.yml").read_text())
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        if isinstance(value, str):
+            return re.sub(r"\$\{globals:([\w.]+)\}", lambda m: lookup(m.group(1)), value)
+        return value
+
+    def lookup(key: str) -> str:
+        value = folders
+        for part in key.split("."):
+            value = value[part]
+        return value
+
+    return resolve(yaml.safe_load(file.read_text()) or {})
+
+
 def catalog() -> dict[str, tuple[Path, dict[str, Any]]]:
     """Every conf/base catalog entry (dataset factories included): name -> (file, entry)."""
     found = {}
     for file in conf_files("catalog"):
-        for name, entry in (yaml.safe_load(file.read_text()) or {}).items():
+        for name, entry in load_conf(file).items():
             if not name.startswith("_"):
                 found[name] = (file, entry)
     return found
@@ -156,7 +179,7 @@ def parameters() -> dict[str, tuple[Path, Any]]:
     return {
         block: (file, values)
         for file in conf_files("parameters")
-        for block, values in (yaml.safe_load(file.read_text()) or {}).items()
+        for block, values in load_conf(file).items()
     }
 
 
@@ -224,7 +247,8 @@ def missing_conf(name: str, stage: dict[str, Any]) -> list[str]:
 
 def missing_data(name: str, stage: dict[str, Any]) -> list[str]:
     """Catalog paths stage ``name`` reads that are no deps, or writes that are no outs; and
-    ``*_dir`` folders of its parameters outside the outs that DVC clears before a rerun."""
+    ``*_dir`` folders of its own parameter block (where it writes its state; other blocks it
+    reads are only read) outside the outs that DVC clears before a rerun."""
     pipeline, entries_ = pipeline_of(name), catalog()
     deps = entries(stage, "deps")
     outs = entries(stage, "outs") | entries(stage, "metrics") | entries(stage, "plots")
@@ -238,7 +262,7 @@ def missing_data(name: str, stage: dict[str, Any]) -> list[str]:
                 missing += [f"{kind} {p}" for p in data_paths(entry) if not covered(p, roots)]
     cleared = [path for path, options in outs.items() if not (options or {}).get("persist")]
     blocks = parameters()
-    for block in sorted(parameter_blocks(pipeline)):
+    for block in sorted(parameter_blocks(pipeline) & {name}):
         for key, path in dir_parameters(blocks.get(block, (None, None))[1], block).items():
             if not covered(path, cleared):
                 missing.append(f"cleared outs {key}={path}")

@@ -10,6 +10,7 @@ import sys
 
 import mlflow
 import pytest
+from kedro.validation.exceptions import ParameterValidationError
 
 from conftest import run_kedro
 
@@ -41,12 +42,21 @@ def test_run_is_named_tagged_and_logs_flattened_parameters(kedro_project):
     assert experiment.tags[KIND] == "custom_model_development"
 
 
-def test_failed_run_is_marked_failed_and_keeps_its_parameters(kedro_project):
-    with pytest.raises(ValueError, match="val_fraction"):
-        run_kedro(kedro_project, "data_prep", "test", params={"data_prep": {"val_fraction": 0.99}})
+def test_failed_run_is_marked_failed_and_keeps_its_parameters(kedro_project, tmp_path):
+    params = {"data_prep": {"source": "cifar10", "image_size": 32, "test_fraction": None,
+                            "raw_dir": str(tmp_path / "missing")}}  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="CIFAR-10 not found"):
+        run_kedro(kedro_project, "data_prep", "test", params=params)
     run = only_run(kedro_project)
     assert run.info.status == "FAILED"
-    assert run.data.params["data_prep.val_fraction"] == "0.99"
+    assert run.data.params["data_prep.raw_dir"] == str(tmp_path / "missing")
+
+
+def test_parameters_that_do_not_validate_start_no_run(kedro_project):
+    with pytest.raises(ParameterValidationError, match="val_fraction"):
+        run_kedro(kedro_project, "data_prep", "test", params={"data_prep": {"val_fraction": 0.99}})
+    experiment = client().get_experiment_by_name("dmae_pipeline")
+    assert experiment is None or client().search_runs([experiment.experiment_id]) == []
 
 
 def test_an_existing_experiment_gets_the_model_training_kind(kedro_project):

@@ -9,14 +9,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import yaml
+from kedro.validation.exceptions import ParameterValidationError
 from scipy.stats import norm
 from test_report import artifact_paths, check_report_outputs, mlflow_run
 
-from conftest import PROJECT_ROOT, run_kedro
+from conftest import env_parameters, run_kedro
 from dmae_pipeline.io import atomic_torch_save, safe_torch_load
 from dmae_pipeline.models import build_classifier
-from dmae_pipeline.pipelines.certify.nodes import CertifyConfig
+from dmae_pipeline.params import DataPrepParams
 from dmae_pipeline.pipelines.data_prep.nodes import prepare_dataset
 from dmae_pipeline.smoothing import LOG_COLUMNS, lower_confidence_bound, read_log, shard_indices
 
@@ -30,8 +30,8 @@ RESULTS = Path("data/07_model_output/certification_results.csv")
 @pytest.fixture(scope="module")
 def model_input(tmp_path_factory) -> Path:
     """The test env's dataset_spec.json and test.pt, made once by the data_prep node."""
-    conf = yaml.safe_load((PROJECT_ROOT / "conf/test/parameters_data_prep.yml").read_text())
-    spec, _, _, test_split = prepare_dataset(conf["data_prep"])
+    params = DataPrepParams.model_validate(env_parameters("test")["data_prep"])
+    spec, _, _, test_split = prepare_dataset(params)
     folder = tmp_path_factory.mktemp("model_input")
     (folder / "dataset_spec.json").write_text(json.dumps(spec))
     atomic_torch_save(test_split, folder / "test.pt")
@@ -71,7 +71,7 @@ def write_model(project: Path, partition: str, sigma: float, constant: bool, see
 def project(kedro_project, model_input) -> Path:
     shutil.copytree(model_input, kedro_project / "data/05_model_input", dirs_exist_ok=True)
     write_model(kedro_project, "sigma_0.25", 0.25, constant=True, seed=0)
-    write_model(kedro_project, "sigma_0.5", 0.5, constant=False, seed=1)
+    write_model(kedro_project, "sigma_0.50", 0.5, constant=False, seed=1)
     return kedro_project
 
 
@@ -103,7 +103,7 @@ def test_certify_then_report(project):
     ]["test"]
     selected = shard_indices(test_size, skip=7, max_images=5)
     files = logs(project)
-    assert [name.split("-")[0] for name in files] == ["sigma_0.25", "sigma_0.5"]
+    assert [name.split("-")[0] for name in files] == ["sigma_0.25", "sigma_0.50"]
     for path in files.values():
         assert path.read_text().split("\n", 1)[0] == "\t".join(LOG_COLUMNS)
         assert read_log(path)["idx"].tolist() == selected
@@ -139,7 +139,7 @@ def test_interrupted_certification_resumes_to_the_uninterrupted_file(project):
     run_kedro(project, "certify", "test", params=certify_params(max_images=2))
     first = {name: read_log(path) for name, path in logs(project).items()}
     assert all(len(log["idx"]) == 2 for log in first.values())
-    noisy = next(path for name, path in logs(project).items() if name.startswith("sigma_0.5"))
+    noisy = next(path for name, path in logs(project).items() if name.startswith("sigma_0.50"))
     with noisy.open("a") as f:  # a run killed while writing its next row
         f.write("14\t2\t")
 
@@ -171,7 +171,7 @@ def test_shards_merge_to_the_unsharded_results(project):
     assert len(shard_0) == 2  # shard 0 was certified before the merge refused
     run_kedro(project, "certify", "test", params=certify_params(num_shards=2, shard_index=1))
 
-    for partition in ("sigma_0.25", "sigma_0.5"):
+    for partition in ("sigma_0.25", "sigma_0.50"):
         shards = [
             read_log(path)["idx"].tolist()
             for name, path in logs(project).items()
@@ -188,42 +188,30 @@ def test_shards_merge_to_the_unsharded_results(project):
 def test_a_retrained_model_is_certified_again(project):
     run_kedro(project, "certify", "test", params=certify_params(max_images=1))
     before = logs(project)
-    write_model(project, "sigma_0.5", 0.5, constant=False, seed=2)
+    write_model(project, "sigma_0.50", 0.5, constant=False, seed=2)
     run_kedro(project, "certify", "test", params=certify_params(max_images=1))
     after = logs(project)
     new = sorted(after.keys() - before.keys())
-    assert len(new) == 1 and new[0].startswith("sigma_0.5-")  # sigma_0.25's log was reused
+    assert len(new) == 1 and new[0].startswith("sigma_0.50-")  # sigma_0.25's log was reused
     assert pd.read_csv(project / RESULTS)["idx"].tolist() == [0, 0]
 
 
 def test_bad_inputs_stop_before_any_work(project):
-    with pytest.raises(ValueError, match=r"certify\.n0 must be a positive integer, got 0"):
+    with pytest.raises(ParameterValidationError, match=r"certify\.n0: Input should be greater"):
         run_kedro(project, "certify", "test", params=certify_params(n0=0))
-    checkpoint = safe_torch_load(project / "data/06_models/finetune/sigma_0.5.pt")
+    checkpoint = safe_torch_load(project / "data/06_models/finetune/sigma_0.50.pt")
     checkpoint["config"]["num_classes"] = 7
-    atomic_torch_save(checkpoint, project / "data/06_models/finetune/sigma_0.5.pt")
-    with pytest.raises(ValueError, match=r"'sigma_0\.5' is a classifier with num_classes=7"):
+    atomic_torch_save(checkpoint, project / "data/06_models/finetune/sigma_0.50.pt")
+    with pytest.raises(ValueError, match=r"'sigma_0\.50' is a classifier with num_classes=7, not"):
         run_kedro(project, "certify", "test")
     assert not (project / LOGS).exists()
 
 
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"alpha": 1.0}, r"certify\.alpha must be a probability"),
-        ({"max_images": 0}, r"certify\.max_images must be a positive integer, or null"),
-        ({"shard_index": 2, "num_shards": 2}, r"certify\.shard_index must be below num_shards=2"),
-        ({"device": "tpu"}, r"certify\.device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
-        ({"autocast": "fp8"}, r"certify\.autocast must be one of"),
-        ({"sigma": 0.25}, r"certify has unknown parameters \['sigma'\] and lacks \[\]"),
-    ],
-)
-def test_parameters_are_checked(change, message):
-    params = {
-        "n0": 10, "n": 50, "alpha": 0.001, "batch_size": 25, "skip": 1, "max_images": None,
-        "shard_index": 0, "num_shards": 1, "seed": 0, "log_dir": "logs", "device": "cpu",
-        "autocast": "auto",
-    }  # fmt: skip
-    assert CertifyConfig.from_params(params).alpha == 0.001
-    with pytest.raises(ValueError, match=message):
-        CertifyConfig.from_params({**params, **change})
+def test_only_the_configured_sigmas_are_certified(project):
+    """A model left from an earlier, longer sigma list is neither certified nor reported."""
+    write_model(project, "sigma_1.00", 1.0, constant=True, seed=3)
+    run_kedro(project, "certify,report", "test", params=certify_params(max_images=1))
+    assert sorted(name.split("-")[0] for name in logs(project)) == ["sigma_0.25", "sigma_0.50"]
+    assert pd.read_csv(project / RESULTS)["sigma"].tolist() == [0.25, 0.5]
+    with pytest.raises(FileNotFoundError, match=r"finetuned_models has no sigma_0\.75"):
+        run_kedro(project, "certify", "test", params={"finetune": {"sigmas": [0.25, 0.75]}})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kedro.validation.exceptions import ParameterValidationError
 from test_pretrain import run_metric, tracking_uri
 
 from conftest import copy_project, run_kedro
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 MODELS = "data/06_models/cifar_pretrain"
 # The test env's pretrain architecture (conf/test/parameters_pretrain.yml), 16x16 images.
 TEST_MODEL = dict(
-    preset="tiny",
+    preset="pico",
     patch_size=4,
     embed_dim=32,
     depth=2,
@@ -69,15 +70,15 @@ def released_file(path, **overrides):
 
 def test_from_a_released_file_without_any_pretrain_output(kedro_project):
     run_kedro(kedro_project, "data_prep", "test")
-    with pytest.raises(FileNotFoundError, match=r"cifar_pretrain\.init is 'pipeline' but"):
+    with pytest.raises(FileNotFoundError, match=r"cifar_pretrain\.init is pretrain, but the"):
         run_kedro(kedro_project, "cifar_pretrain", "test")
     path = kedro_project / "data/01_raw/released.pth"
     released = released_file(path)
     init = {"cifar_pretrain": {"init": str(path)}}
     # A released file carries no config: the parameters must give the architecture.
-    with pytest.raises(ValueError, match=r"cifar_pretrain\.model: preset is required"):
+    with pytest.raises(ParameterValidationError, match=r"cifar_pretrain\.model\.preset: needed"):
         run_kedro(kedro_project, "cifar_pretrain", "test", params=init)
-    init["cifar_pretrain"]["model"] = TEST_MODEL
+    init["cifar_pretrain"]["model"] = {"preset": "pico", "patch_size": 4}
     run_kedro(kedro_project, "cifar_pretrain", "test", params=init)
     assert not (kedro_project / "data/06_models/pretrain").exists()
     checkpoint = safe_torch_load(kedro_project / MODELS / "dmae.pt")
@@ -99,7 +100,7 @@ def test_an_init_file_of_another_size_is_refused_before_training(
 ):
     path = tmp_path / "released.pth"
     released_file(path, **overrides)
-    params = {"cifar_pretrain": {"init": str(path), "model": TEST_MODEL}}
+    params = {"cifar_pretrain": {"init": str(path), "model": {"preset": "pico"}}}
     last = project / MODELS / "run/last.pt"
     stamp = last.stat().st_mtime_ns
     with pytest.raises(ValueError, match=message):
@@ -108,6 +109,8 @@ def test_an_init_file_of_another_size_is_refused_before_training(
 
 
 def test_a_missing_init_file_is_named(project, tmp_path):
-    params = {"cifar_pretrain": {"init": str(tmp_path / "nowhere.pth"), "model": TEST_MODEL}}
-    with pytest.raises(FileNotFoundError, match=r"cifar_pretrain\.init: .*nowhere\.pth does not"):
+    params = {"cifar_pretrain": {"init": str(tmp_path / "nowhere.pth")}}
+    with pytest.raises(
+        ParameterValidationError, match=r"cifar_pretrain\.init: .*nowhere\.pth does"
+    ):
         run_kedro(project, "cifar_pretrain", "test", params=params)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from kedro.validation.exceptions import DataValidationError, ParameterValidationError
 from PIL import Image
 
 from conftest import run_kedro
@@ -67,7 +68,21 @@ def test_image_folder_through_the_catalog(kedro_project, tmp_path):
 
 def test_bad_parameters_stop_the_run_and_write_nothing(kedro_project):
     with pytest.raises(
-        ValueError, match=r"data_prep\.val_fraction \+ data_prep\.test_fraction = 1\.1"
+        ParameterValidationError, match=r"data_prep\.val_fraction: val_fraction \+ test_fraction"
     ):
         run_kedro(kedro_project, "data_prep", "test", params={"data_prep": {"val_fraction": 0.9}})
     assert not any((kedro_project / "data" / "05_model_input" / name).exists() for name in OUTPUTS)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("[]", "Input should be a valid dictionary"), ("{}", "num_classes: Field required")],
+)
+def test_a_malformed_dataset_spec_is_named_before_any_training(kedro_project, content, message):
+    spec = kedro_project / "data/05_model_input/dataset_spec.json"
+    spec.write_text(content)
+    with pytest.raises(DataValidationError) as refused:
+        run_kedro(kedro_project, "pretrain", "test")
+    assert "dataset_spec.json is not a dataset spec" in str(refused.value)
+    assert message in str(refused.value) and "run the data_prep pipeline" in str(refused.value)
+    assert not (kedro_project / "data/06_models/pretrain").exists()

@@ -9,11 +9,10 @@ import json
 import pandas as pd
 import pytest
 import torch
-import yaml
 from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog
 
-from conftest import PROJECT_ROOT, copy_project, run_kedro
+from conftest import copy_project, env_parameters, run_kedro
 from dmae_pipeline.data import SplitDataset, build_transform
 from dmae_pipeline.io import safe_torch_load
 from dmae_pipeline.models import (
@@ -23,23 +22,22 @@ from dmae_pipeline.models import (
     export_pretrained,
     load_pretrained,
 )
+from dmae_pipeline.params import FinetuneParams, ParamsError
 from dmae_pipeline.pipelines.finetune import create_pipeline
-from dmae_pipeline.pipelines.finetune.nodes import (
-    _check_params,
-    _classifier_config,
-    finetune_classifiers,
-)
+from dmae_pipeline.pipelines.finetune.nodes import finetune_classifiers
+from dmae_pipeline.reporting.names import sigma_label
+from dmae_pipeline.settings import CONFIG_LOADER_ARGS
 from dmae_pipeline.training import accuracy_evaluator, load_best, load_checkpoint
 
 pytestmark = pytest.mark.slow
 
-TEST_PARAMS = yaml.safe_load((PROJECT_ROOT / "conf/test/parameters_finetune.yml").read_text())
+TEST_PARAMS = env_parameters("test")["finetune"]
 # One sigma, one epoch, no image augmentation: the runs below only check where weights come from.
 QUICK = {
     "sigmas": [0.5],
     "consistency": {"eta": 0.1},
     "augment": {"random_resized_crop": None, "hflip": False, "rand_augment": None},
-    "train": {"epochs": 1, "resume": False},
+    "train": {"epochs": 1, "warmup_epochs": 0, "resume": False},
 }
 TINY_ENCODER = {"preset": "tiny", "img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2,
                 "num_heads": 2}  # fmt: skip
@@ -57,8 +55,10 @@ def merged(base: dict, update: dict) -> dict:
 
 def finetuned_models(project) -> dict:
     """The finetuned_models partitions, read through the catalog entry."""
-    entry = yaml.safe_load((project / "conf/base/catalog_finetune.yml").read_text())
-    catalog = DataCatalog.from_config({"finetuned_models": entry["finetuned_models"]})
+    loader = OmegaConfigLoader(str(project / "conf"), env="test", **CONFIG_LOADER_ARGS)
+    entry = loader["catalog"]["finetuned_models"]
+    entry = {**entry, "path": str(project / entry["path"])}
+    catalog = DataCatalog.from_config({"finetuned_models": entry})
     return {name: load() for name, load in catalog.load("finetuned_models").items()}
 
 
@@ -87,9 +87,9 @@ def test_one_selected_classifier_per_sigma(chain, tmp_path):
     spec, _, val_split = model_input(project)
     init = safe_torch_load(project / "data/06_models/cifar_pretrain/dmae.pt")
     models = outputs["models"]
-    assert sorted(models) == ["sigma_0.25", "sigma_0.5"]  # run_sigma_*/ files are no partitions
+    assert sorted(models) == ["sigma_0.25", "sigma_0.50"]  # run_sigma_*/ files are no partitions
     val_set = SplitDataset(val_split, build_transform(spec, train=False))
-    for name, sigma in (("sigma_0.25", 0.25), ("sigma_0.5", 0.5)):
+    for name, sigma in (("sigma_0.25", 0.25), ("sigma_0.50", 0.5)):
         part = models[name]
         assert set(part) == {"model", "config", "sigma", "epoch", "val", "init"}
         assert part["sigma"] == sigma and part["init"] == "cifar_pretrain"
@@ -122,7 +122,7 @@ def test_one_selected_classifier_per_sigma(chain, tmp_path):
     assert list(table.columns) == ["sigma", "epoch", "clean_acc", "noisy_acc"]
     assert table["sigma"].tolist() == [0.25, 0.5]
     for row in table.itertuples():
-        part = models[f"sigma_{row.sigma}"]
+        part = models[sigma_label(row.sigma)]
         assert (row.epoch, row.clean_acc, row.noisy_acc) == (
             part["epoch"], part["val"]["clean_acc"], part["val"]["noisy_acc"]
         )  # fmt: skip
@@ -140,7 +140,7 @@ def test_epoch_metrics_reach_mlflow(chain):
         if "finetune/sigma_0.25/val_noisy_acc" in r.data.metrics
     )
     for metric in ("train_loss", "val_clean_acc", "val_noisy_acc"):
-        steps = client.get_metric_history(run.info.run_id, f"finetune/sigma_0.5/{metric}")
+        steps = client.get_metric_history(run.info.run_id, f"finetune/sigma_0.50/{metric}")
         assert [m.step for m in steps] == [1, 2]
 
 
@@ -155,14 +155,14 @@ def test_test_split_never_reaches_model_selection(chain):
         run_kedro(project, "finetune", "test", params={"finetune": QUICK})
     finally:
         test_file.write_bytes(saved)
-    assert sorted(finetuned_models(project)) == ["sigma_0.25", "sigma_0.5"]
+    assert sorted(finetuned_models(project)) == ["sigma_0.25", "sigma_0.50"]
 
 
 def test_init_from_scratch_and_from_a_released_file(chain, tmp_path):
     project, _ = chain
-    params = merged(QUICK, {"init": {"from": "scratch"}, "model": TINY_ENCODER})
+    params = merged(QUICK, {"init": "scratch", "model": TINY_ENCODER})
     run_kedro(project, "finetune", "test", params={"finetune": params})
-    part = finetuned_models(project)["sigma_0.5"]
+    part = finetuned_models(project)["sigma_0.50"]
     assert part["init"] == "scratch" and part["config"]["img_size"] == 16
 
     # A released pretrained file (plain state dict, no config): the architecture comes from
@@ -171,9 +171,9 @@ def test_init_from_scratch_and_from_a_released_file(chain, tmp_path):
                       decoder_depth=1, decoder_num_heads=2)  # fmt: skip
     released = tmp_path / "dmae_tiny_released.pth"
     export_pretrained(dmae, released)
-    params = merged(params, {"init": {"from": str(released)}, "layer_decay": 1e-6})
+    params = merged(params, {"init": str(released), "layer_decay": 1e-6})
     run_kedro(project, "finetune", "test", params={"finetune": params})
-    part = finetuned_models(project)["sigma_0.5"]
+    part = finetuned_models(project)["sigma_0.50"]
     assert part["init"] == str(released)
     for key in ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight"):
         torch.testing.assert_close(part["model"][key], dmae.state_dict()[key], atol=1e-5, rtol=0)
@@ -181,7 +181,7 @@ def test_init_from_scratch_and_from_a_released_file(chain, tmp_path):
 
 def node_inputs(project, tmp_path, **update):
     spec, train_split, val_split = model_input(project)
-    params = merged(TEST_PARAMS["finetune"], {"run_dir": str(tmp_path / "runs"), **update})
+    params = merged(TEST_PARAMS, {"run_dir": str(tmp_path / "runs"), **update})
     checkpoint = safe_torch_load(project / "data/06_models/cifar_pretrain/dmae.pt")
     return dict(
         dataset_spec=spec,
@@ -189,26 +189,16 @@ def node_inputs(project, tmp_path, **update):
         val_split=val_split,
         pretrained_model=None,
         cifar_pretrained_model=checkpoint,
-        params=params,
+        params=FinetuneParams.model_validate(params),
     )
 
 
 @pytest.mark.parametrize(
     ("update", "error", "message"),
     [
-        ({"sigmas": []}, ValueError, r"finetune\.sigmas: expected a non-empty list"),
-        ({"sigmas": [0.25, -0.5]}, ValueError, r"finetune\.sigmas: .* > 0"),
-        ({"consistency": {"m": 0}}, ValueError, r"finetune\.consistency\.m: expected an integer"),
-        ({"consistency": {"eta": [0.5]}}, ValueError, r"finetune\.consistency\.eta: .* one per"),
-        ({"num_classes": 3}, ValueError, r"finetune\.num_classes: .* dataset's 10 classes"),
-        ({"init": {"from": "no/such.pth"}}, FileNotFoundError, r"no/such\.pth does not exist"),
-        ({"init": {"from": "pretrain"}}, FileNotFoundError, r"--pipelines=pretrain"),
-        ({"init": {"from": "scratch"}}, ValueError, r"finetune\.model\.preset: needed"),
-        ({"model": {"mean": [0.5]}}, ValueError, r"finetune\.model\.mean: set by the dataset"),
-        ({"model": {"embed_dim": 64}}, ValueError, r"has shape .* but the model expects"),
-        ({"layer_decay": 0}, ValueError, r"finetune\.layer_decay"),
-        ({"train": {"batch_size": 63}}, ValueError, r"finetune\.train\.batch_size: .* even"),
-        ({"extra": 1}, ValueError, r"finetune: unknown keys \['extra'\]"),
+        ({"init": "pretrain"}, FileNotFoundError, r"kedro run --pipelines=pretrain"),
+        ({"model": {"embed_dim": 64}}, ValueError, r"finetune\.init \(cifar_pretrain\): .*shape"),
+        ({"model": {"patch_size": 5}}, ParamsError, r"finetune\.model: patch_size=5 must divide"),
     ],
 )
 def test_bad_input_stops_before_training(chain, tmp_path, update, error, message):
@@ -228,50 +218,6 @@ def test_missing_pipeline_checkpoint_names_the_pipeline(chain, tmp_path):
 def test_changed_settings_do_not_resume_a_finished_run(chain):
     project, _ = chain
     with pytest.raises(
-        ValueError, match=r"run_sigma_0\.25 holds a run with other finetune settings \(loss\)"
+        ValueError, match=r"run_sigma_0\.25 holds a run with other settings \(loss\)"
     ):
         run_kedro(project, "finetune", "test", params={"finetune": {"consistency": {"lam": 1.0}}})
-
-
-PAPER_SPECS = {
-    "cifar10": {"name": "cifar10", "source": "cifar10", "num_classes": 10, "image_size": 32,
-                "channels": 3, "mean": [0.4914, 0.4822, 0.4465], "std": [0.2471, 0.2435, 0.2616]},
-    "imagenet": {"name": "imagenet", "source": "imagefolder", "num_classes": 1000,
-                 "image_size": 224, "channels": 3, "mean": [0.485, 0.456, 0.406],
-                 "std": [0.229, 0.224, 0.225]},
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("env", ["cifar10", "imagenet"])
-def test_paper_settings_load_and_build_a_vit_b(env):
-    loader = OmegaConfigLoader(
-        conf_source=str(PROJECT_ROOT / "conf"), base_env="base", default_run_env=env, env=env
-    )
-    params = loader["parameters"]["finetune"]
-    spec = PAPER_SPECS[env]
-    s = _check_params(params, spec)
-    assert s["sigmas"] == [0.25, 0.5, 1.0]
-    assert [(k["m"], k["lam"], k["eta"]) for k in s["loss"]] == [
-        (2, 2.0, 0.5), (2, 2.0, 0.5), (2, 2.0, 0.1)
-    ]  # fmt: skip
-    train = s["train"]
-    assert (train["blr"], s["layer_decay"], train["weight_decay"]) == (5e-4, 0.65, 0.05)
-    assert s["label_smoothing"] == 0.1 and s["model"] == {"drop_path_rate": 0.1}
-    if env == "cifar10":
-        assert s["init"] == "cifar_pretrain" and train["epochs"] == 50
-        assert train["batch_size"] * train["accum_iter"] == 256
-        assert (s["mixup"], s["cutmix"]) == (0, 0) and s["augment"] == {"hflip": True}
-    else:
-        assert s["init"] == "pretrain" and train["epochs"] == 100
-        assert train["batch_size"] * train["accum_iter"] == 1024
-        assert (train["warmup_epochs"], train["min_lr"]) == (5, 1e-6)
-        assert (s["mixup"], s["cutmix"]) == (0.8, 1.0)
-        assert s["augment"]["rand_augment"] == "rand-m9-mstd0.5-inc1"
-    build_transform(spec, train=True, augment=s["augment"])
-    with torch.device("meta"):
-        dmae_config = build_dmae("base", img_size=224).config
-        model = build_classifier(**_classifier_config(dmae_config, s["model"], spec, s["init"]))
-    assert model.config["img_size"] == 224 and model.config["num_classes"] == spec["num_classes"]
-    assert model.config["mean"] == spec["mean"]
-    assert 85e6 < sum(p.numel() for p in model.parameters()) < 88e6  # ViT-B/16
-    assert model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)

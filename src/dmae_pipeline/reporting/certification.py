@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from dmae_pipeline.reporting.names import BEST, curve_name, format_value
 from dmae_pipeline.smoothing import (
     Smooth,
     average_certified_radius,
@@ -23,32 +24,14 @@ from dmae_pipeline.smoothing import (
     certified_accuracy,
 )
 
-BEST = "best"
-"""The label of the best-over-sigma envelope, in place of a sigma."""
 RADIUS_UNIT = 0.01
 """Curves are tabulated on a grid of multiples of this radius; a metric step counts them."""
 REQUIRED_COLUMNS = ("sigma", "idx", "predict", "radius", "correct")
 PER_SIGMA_COLUMNS = ("clean_accuracy", "abstain_rate", "acr")
 
 
-def format_value(value: float) -> str:
-    """A sigma or radius as a label: two decimals, more only where needed (0.5 -> "0.50",
-    0.125 -> "0.125")."""
-    text = f"{value:.2f}"
-    return text if float(text) == value else repr(float(value))
-
-
 def radius_column(radius: float) -> str:
     return f"r_{format_value(radius)}"
-
-
-def sigma_label(sigma: float) -> str:
-    """The one name of a sigma's model, in files, tables and metrics: 0.5 -> "sigma_0.50"."""
-    return _curve_name(format_value(sigma))
-
-
-def _curve_name(label: str) -> str:
-    return label if label == BEST else f"sigma_{label}"
 
 
 def check_results(results: pd.DataFrame) -> pd.DataFrame:
@@ -153,7 +136,7 @@ def _scalar_metrics(table: pd.DataFrame) -> Iterator[tuple[str, str, float]]:
     """(group, name, value) for every number of the summary table."""
     radius_columns = [c for c in table.columns if c.startswith("r_")]
     for row in table.to_dict("records"):
-        curve = _curve_name(row["sigma"])
+        curve = curve_name(row["sigma"])
         for column in radius_columns:
             yield "certified_accuracy", f"{curve}/{column}", float(row[column])
         if row["sigma"] != BEST:
@@ -184,7 +167,7 @@ def metric_histories(table: pd.DataFrame, curve: pd.DataFrame) -> dict[str, Any]
         for group, name, value in _scalar_metrics(table)
     }
     for label, group in curve.groupby("sigma", sort=False):
-        metrics[f"certified_accuracy_curve/{_curve_name(label)}"] = [
+        metrics[f"certified_accuracy_curve/{curve_name(label)}"] = [
             {"value": float(a), "step": round(r / RADIUS_UNIT)}
             for r, a in zip(group["radius"], group["certified_accuracy"], strict=True)
         ]

@@ -1,5 +1,6 @@
-"""certify: finetuned_models, test_split, dataset_spec, params:certify -> per-image logs in
-data/07_model_output/certify -> certification_results (one table, all sigmas)."""
+"""certify: finetuned_models (the models of finetune.sigmas), test_split, dataset_spec,
+params:certify -> per-image logs in certify.log_dir -> certification_results (one table, all
+sigmas)."""
 
 from kedro.pipeline import Pipeline, node
 
@@ -11,7 +12,13 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 certify_test_split,
-                inputs=["finetuned_models", "test_split", "dataset_spec", "params:certify"],
+                inputs=[
+                    "finetuned_models",
+                    "test_split",
+                    "dataset_spec",
+                    "params:finetune",
+                    "params:certify",
+                ],
                 outputs="certification_logs",
                 name="certify_test_split",
             ),

@@ -1,7 +1,24 @@
-"""Continued pretraining runs the pretrain pipeline's node with the cifar_pretrain parameters:
-the same DMAE training, started from the pretrain checkpoint or a released DMAE file, on the
-downstream data at its native resolution (upsampled to the model's after the noise)."""
+"""The node of the cifar_pretrain pipeline: the pretrain stage's DMAE training
+(``pipelines.stages.train_dmae``), continued from the pretrain checkpoint or a released DMAE file,
+on the downstream data at its native resolution (upsampled to the model's after the noise)."""
 
-from dmae_pipeline.pipelines.pretrain.nodes import stage_node, train_dmae
+from __future__ import annotations
 
-__all__ = ["stage_node", "train_dmae"]
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+
+from dmae_pipeline.params import CifarPretrainParams
+from dmae_pipeline.pipelines.stages import train_dmae
+
+
+def continue_pretraining(
+    dataset_spec: dict[str, Any],
+    train_split: dict[str, Any],
+    pretrained_model: dict[str, Any] | None,
+    params: CifarPretrainParams,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], Figure]:
+    """Continued DMAE pretraining from ``cifar_pretrain.init``: the pipeline checkpoint, the
+    released plain state dict and the reconstruction figure."""
+    return train_dmae(dataset_spec, train_split, params, {"pretrain": pretrained_model})

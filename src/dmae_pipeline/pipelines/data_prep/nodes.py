@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from dmae_pipeline.data import DataPrepConfig, prepare
+from dmae_pipeline.data import prepare
+from dmae_pipeline.params import DataPrepParams
 
 logger = logging.getLogger(__name__)
 
 
-def prepare_dataset(data_prep: dict[str, Any]) -> tuple[dict, dict, dict, dict]:
-    """Check the parameters, then read the source and split it.
-
-    Returns the dataset spec and the train, validation and test splits.
-    """
-    config = DataPrepConfig.from_params(data_prep)
-    spec, splits = prepare(config)
+def prepare_dataset(data_prep: DataPrepParams) -> tuple[dict, dict, dict, dict]:
+    """Read the source and split it: the dataset spec and the train, validation and test splits."""
+    spec, splits = prepare(**data_prep.prepare_args())
     logger.info(
         "Prepared %s (%s): %d classes at %dx%d, splits %s",
         spec["name"],

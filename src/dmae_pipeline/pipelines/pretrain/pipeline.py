@@ -3,19 +3,15 @@ pretrained_export (released plain state dict), pretrain_reconstruction (figure).
 
 from kedro.pipeline import Pipeline, node
 
-from dmae_pipeline.pipelines.pretrain.nodes import stage_node
+from dmae_pipeline.pipelines.pretrain.nodes import pretrain_dmae
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             node(
-                stage_node("pretrain"),
-                inputs={
-                    "dataset_spec": "dataset_spec",
-                    "train_split": "train_split",
-                    "params": "params:pretrain",
-                },
+                pretrain_dmae,
+                inputs=["dataset_spec", "train_split", "params:pretrain"],
                 outputs=["pretrained_model", "pretrained_export", "pretrain_reconstruction"],
                 name="pretrain_dmae",
             )

@@ -1,0 +1,648 @@
+"""The parameter blocks of conf/, one typed model each: the one place where parameters are checked.
+
+Each node types its ``params:<block>`` input with the block's model, so Kedro validates every
+block of a run's pipelines when it builds the catalog, before the first node starts, and the nodes
+receive the models. :func:`check_run` (called by ``hooks.ParamsHook``) adds what one block cannot
+know: unknown blocks, and combinations across blocks and with the data (a model whose mask leaves
+no patch visible, a batch larger than the training set, a configuration that the processes of a
+``torchrun`` launch cannot split). Every message names the full dotted key, what is allowed and the
+value given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from kedro.validation.exceptions import ModelInstantiationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dmae_pipeline.models import PRESETS, classifier_config, dmae_config, encoder_config
+from dmae_pipeline.training import TrainConfig, split_batch
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+OpenUnit = Annotated[float, Field(gt=0, lt=1)]  # (0, 1)
+Fraction = Annotated[float, Field(ge=0, lt=1)]  # [0, 1)
+UnitFloat = Annotated[float, Field(gt=0, le=1)]  # (0, 1]
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
+Amp = Literal["auto", "bf16", "fp16", "off"]
+
+SCRATCH = "scratch"
+"""``init: scratch``: random initial weights."""
+
+
+class ParamsError(ModelInstantiationError):
+    """Parameters that do not validate; one line per problem, each naming its dotted key."""
+
+
+class Params(BaseModel):
+    """A block (or part of one) of parameters: exact types, no unknown keys, immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    block: ClassVar[str] = ""
+    """The top-level key this model validates (for messages)."""
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Params:
+        """Validate, raising a :class:`ParamsError` whose lines name full dotted keys."""
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as e:
+            raise ParamsError("\n".join(_describe(cls, e))) from None
+
+
+def _describe(model: type[Params], error: ValidationError) -> Iterator[str]:
+    for item in error.errors():
+        key = ".".join(str(part) for part in (model.block, *item["loc"]) if part != "")
+        if item["type"] == "extra_forbidden":
+            allowed = _fields_at(model, item["loc"][:-1])
+            yield f"{key}: unknown key; allowed here: {', '.join(allowed)}"
+            continue
+        message = item["msg"]
+        if item["type"] == "value_error":  # a validator's "<field>: <what is wrong>"
+            message = message.removeprefix("Value error, ")
+            yield f"{key}.{message}" if key else message
+        elif item["type"] == "missing":
+            yield f"{key}: {message}"
+        else:
+            yield f"{key}: {message}, got {item['input']!r}"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the (nested) model at ``loc``."""
+    for part in loc:
+        annotation = model.model_fields[str(part)].annotation
+        nested = [a for a in getattr(annotation, "__args__", (annotation,)) if _is_model(a)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _check(ok: bool, field: str, message: str) -> None:
+    """A model validator's refusal, about ``field`` (dotted, relative to the model)."""
+    if not ok:
+        raise ValueError(f"{field}: {message}")
+
+
+# --- data_prep ---------------------------------------------------------------------------------
+
+
+class DataPrepParams(Params):
+    """``data_prep``: which source to read and how to split it (see ``data.prepare``)."""
+
+    block: ClassVar[str] = "data_prep"
+    ONLY_FOR: ClassVar[dict[str, tuple[str, ...]]] = {
+        "test_fraction": ("digits",),
+        "raw_dir": ("cifar10", "imagefolder"),
+        "download": ("cifar10",),
+        "url": ("cifar10",),
+        "md5": ("cifar10",),
+    }
+
+    source: Literal["digits", "cifar10", "imagefolder"]
+    image_size: PositiveInt
+    name: str | None = None
+    val_fraction: OpenUnit = 0.1
+    test_fraction: OpenUnit | None = None
+    seed: NonNegativeInt = 0
+    raw_dir: str | None = None
+    download: bool | None = None
+    url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    md5: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{32}$")] | None = None
+
+    @model_validator(mode="after")
+    def _per_source(self) -> DataPrepParams:
+        for key, sources in self.ONLY_FOR.items():
+            _check(
+                getattr(self, key) is None or self.source in sources,
+                key,
+                f"applies only to source {' or '.join(sources)}, not {self.source}; remove it or "
+                "set it to null",
+            )
+        _check(
+            self.source != "cifar10" or self.image_size == 32,
+            "image_size",
+            f"CIFAR-10 images are 32x32, got {self.image_size}",
+        )
+        _check(
+            self.source != "digits" or self.test_fraction is not None,
+            "test_fraction",
+            "needed for digits, which have no test split of their own",
+        )
+        held_out = self.val_fraction + (self.test_fraction or 0)
+        _check(
+            held_out < 1,
+            "val_fraction",
+            f"val_fraction + test_fraction = {held_out:g} leaves no training data; their sum "
+            "must be below 1",
+        )
+        return self
+
+    def prepare_args(self) -> dict[str, Any]:
+        """The keyword arguments of ``data.prepare`` (the source's defaults where unset)."""
+        return self.model_dump(exclude_none=True)
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+class EncoderParams(Params):
+    """Overrides of the model preset (and of the init checkpoint's config); unset keys keep it.
+    Channels, mean and std come from the dataset spec."""
+
+    preset: str | None = None
+    img_size: PositiveInt | None = None
+    patch_size: PositiveInt | None = None
+    embed_dim: PositiveInt | None = None
+    depth: PositiveInt | None = None
+    num_heads: PositiveInt | None = None
+    mlp_ratio: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _known_preset(self) -> EncoderParams:
+        _check(
+            self.preset is None or self.preset in PRESETS,
+            "preset",
+            f"expected one of {', '.join(PRESETS)}, got {self.preset!r}",
+        )
+        return self
+
+    def overrides(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class DmaeParams(EncoderParams):
+    decoder_embed_dim: PositiveInt | None = None
+    decoder_depth: PositiveInt | None = None
+    decoder_num_heads: PositiveInt | None = None
+    sigma: NonNegativeFloat | None = None
+    mask_ratio: Fraction | None = None
+    norm_pix_loss: bool | None = None
+    loss_on: Literal["all", "masked"] | None = None
+
+
+class ClassifierParams(EncoderParams):
+    drop_path_rate: Fraction | None = None
+
+
+def check_architecture(config: Mapping[str, Any], where: str) -> None:
+    """Refuse a resolved model config (``build_dmae``/``build_classifier`` arguments) that cannot
+    be built or trains a degenerate model; ``where`` is the dotted key of its model block."""
+    problems = architecture_problems(config)
+    if problems:
+        raise ParamsError("\n".join(f"{where}: {problem}" for problem in problems))
+
+
+def architecture_problems(config: Mapping[str, Any]) -> list[str]:
+    problems = []
+    if config["img_size"] % config["patch_size"]:
+        problems.append(
+            f"patch_size={config['patch_size']} must divide img_size={config['img_size']}"
+        )
+    widths = [("embed_dim", "num_heads")]
+    if "decoder_embed_dim" in config:
+        widths.append(("decoder_embed_dim", "decoder_num_heads"))
+    for width, heads in widths:
+        if config[width] % 4 or config[width] % config[heads]:
+            problems.append(
+                f"{width}={config[width]} must be divisible by 4 (2-D sin-cos position "
+                f"embedding) and by {heads}={config[heads]}"
+            )
+    if "mask_ratio" in config and not problems:
+        patches = (config["img_size"] // config["patch_size"]) ** 2
+        visible = int(patches * (1 - config["mask_ratio"]))
+        if visible == 0:
+            problems.append(
+                f"mask_ratio={config['mask_ratio']} leaves no visible patch of the "
+                f"{patches} patches"
+            )
+        if config["loss_on"] == "masked" and visible == patches:
+            problems.append(
+                f"mask_ratio={config['mask_ratio']} masks no patch, but loss_on=masked scores "
+                "only masked ones"
+            )
+        if config["norm_pix_loss"] and config["patch_size"] ** 2 * config["in_chans"] < 2:
+            problems.append("norm_pix_loss needs at least 2 values per patch")
+    return problems
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+class TrainParams(Params):
+    """``<stage>.train``: the training engine's settings (``training.TrainConfig``)."""
+
+    epochs: PositiveInt
+    warmup_epochs: NonNegativeFloat
+    blr: PositiveFloat
+    min_lr: NonNegativeFloat
+    batch_size: PositiveInt
+    weight_decay: NonNegativeFloat
+    betas: Annotated[list[Fraction], Field(min_length=2, max_length=2)]
+    seed: NonNegativeInt
+    checkpoint_every: PositiveInt
+    accum_iter: PositiveInt = 1
+    clip_grad: PositiveFloat | None = None
+    resume: bool = True
+    num_workers: NonNegativeInt = 0
+    num_threads: PositiveInt | None = None
+    device: Device = "auto"
+    amp: Amp = "auto"
+    compile: bool = False
+
+    @model_validator(mode="after")
+    def _schedule(self) -> TrainParams:
+        _check(
+            self.warmup_epochs < self.epochs,
+            "warmup_epochs",
+            f"must be below epochs ({self.epochs}), else the warmup takes the whole run; got "
+            f"{self.warmup_epochs:g}",
+        )
+        peak = self.blr * self.batch_size * self.accum_iter / 256
+        _check(
+            self.min_lr <= peak,
+            "min_lr",
+            f"must be at most the peak lr blr * batch_size * accum_iter / 256 = {peak:.3g}, got "
+            f"{self.min_lr:g}",
+        )
+        return self
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.accum_iter
+
+    def config(self) -> TrainConfig:
+        return TrainConfig(**{**self.model_dump(), "betas": tuple(self.betas)})
+
+
+class AugmentParams(Params):
+    """Training augmentation (``data.build_transform``)."""
+
+    class Crop(Params):
+        scale: Annotated[list[UnitFloat], Field(min_length=2, max_length=2)]
+
+        @model_validator(mode="after")
+        def _ordered(self) -> AugmentParams.Crop:
+            _check(self.scale[0] <= self.scale[1], "scale", "expected [lo, hi] with lo <= hi")
+            return self
+
+    hflip: bool = False
+    random_resized_crop: Crop | None = None
+    # timm skips a section without a number silently: a typo must not pass
+    rand_augment: Annotated[str, Field(pattern=r"^rand(-(t.*|[a-z]+\d[\d.]*))*$")] | None = None
+
+    def transform_args(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+# --- the training stages -----------------------------------------------------------------------
+
+
+class StageParams(Params):
+    """What every training stage has: where it starts from, its data augmentation, its engine
+    settings and its run folder (resumable state)."""
+
+    INIT_FROM: ClassVar[tuple[str, ...]] = ()
+    """The pipelines whose checkpoint ``init`` may name."""
+
+    init: Annotated[str, Field(min_length=1)] = SCRATCH
+    augment: AugmentParams = AugmentParams()
+    train: TrainParams
+    run_dir: Annotated[str, Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _architecture_given(self) -> StageParams:
+        _check(
+            self.init != SCRATCH or self.model.preset is not None,
+            "model.preset",
+            "needed with init scratch, which brings no model config",
+        )
+        return self
+
+    def overrides_on(self, base: Mapping[str, Any]) -> dict[str, Any]:
+        """``model``'s overrides on ``base`` (the init checkpoint's model config, or {})."""
+        merged = {**base, **self.model.overrides()}
+        if "preset" not in merged:
+            raise ParamsError(
+                f"{self.block}.model.preset: needed, since init {self.init} holds no model config "
+                "(a released file): give preset and the sizes that differ from it"
+            )
+        return merged
+
+    @property
+    def init_file(self) -> Path | None:
+        """The checkpoint file ``init`` names, None for scratch or a pipeline's checkpoint."""
+        return None if self.init in (SCRATCH, *self.INIT_FROM) else Path(self.init)
+
+
+class PretrainParams(StageParams):
+    """``pretrain``: DMAE pretraining."""
+
+    block: ClassVar[str] = "pretrain"
+    model: DmaeParams
+    figure_images: PositiveInt = 8
+
+    def architecture(self, base: Mapping[str, Any]) -> dict[str, Any]:
+        """``build_dmae`` arguments: ``base`` (the init checkpoint's config, or {} from scratch)
+        under ``model``'s overrides."""
+        return dmae_config(**self.overrides_on(base))
+
+
+class CifarPretrainParams(PretrainParams):
+    """``cifar_pretrain``: continued DMAE pretraining on the downstream data."""
+
+    block: ClassVar[str] = "cifar_pretrain"
+    INIT_FROM: ClassVar[tuple[str, ...]] = ("pretrain",)
+    init: str = "pretrain"
+
+
+class ConsistencyParams(Params):
+    """Consistency regularization (Jeong & Shin 2020); ``enabled: false`` is plain noise
+    augmentation."""
+
+    enabled: bool
+    m: PositiveInt = 2
+    lam: NonNegativeFloat = 0.0
+    eta: NonNegativeFloat | list[NonNegativeFloat] = 0.0
+
+
+class EvalParams(Params):
+    batch_size: PositiveInt
+    seed: NonNegativeInt = 0
+
+
+class FinetuneParams(StageParams):
+    """``finetune``: one noise-augmented classifier per sigma."""
+
+    block: ClassVar[str] = "finetune"
+    INIT_FROM: ClassVar[tuple[str, ...]] = ("cifar_pretrain", "pretrain")
+    sigmas: Annotated[list[PositiveFloat], Field(min_length=1)]
+    model: ClassifierParams = ClassifierParams()
+    consistency: ConsistencyParams
+    layer_decay: UnitFloat = 1.0
+    label_smoothing: Fraction = 0.0
+    mixup: NonNegativeFloat = 0.0
+    cutmix: NonNegativeFloat = 0.0
+    eval: EvalParams
+
+    @model_validator(mode="after")
+    def _per_sigma(self) -> FinetuneParams:
+        _check(
+            len(set(self.sigmas)) == len(self.sigmas),
+            "sigmas",
+            f"expected distinct noise levels, got {self.sigmas}",
+        )
+        eta = self.consistency.eta
+        _check(
+            not isinstance(eta, list) or len(eta) == len(self.sigmas),
+            "consistency.eta",
+            f"expected one number, or one per sigma ({len(self.sigmas)}), got {eta}",
+        )
+        return self
+
+    def architecture(self, base: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
+        """``build_classifier`` arguments: the encoder of ``base`` (the init checkpoint's config,
+        or {} from scratch) under ``model``'s overrides."""
+        return classifier_config(num_classes=num_classes, **self.overrides_on(encoder_config(base)))
+
+    def losses(self) -> list[dict[str, Any]]:
+        """Per sigma, the arguments of ``training.noisy_classification_loss``."""
+        c = self.consistency
+        etas = c.eta if isinstance(c.eta, list) else [c.eta] * len(self.sigmas)
+        return [
+            {
+                "sigma": sigma,
+                "m": c.m if c.enabled else 1,
+                "lam": c.lam if c.enabled else 0.0,
+                "eta": eta if c.enabled else 0.0,
+                "label_smoothing": self.label_smoothing,
+                "mixup": self.mixup,
+                "cutmix": self.cutmix,
+            }
+            for sigma, eta in zip(self.sigmas, etas, strict=True)
+        ]
+
+
+# --- certify and report -------------------------------------------------------------------------
+
+
+class CertifyParams(Params):
+    """``certify``: Cohen et al.'s CERTIFY of the selected test images (``smoothing``)."""
+
+    block: ClassVar[str] = "certify"
+    n0: PositiveInt
+    n: PositiveInt
+    alpha: OpenUnit
+    batch_size: PositiveInt
+    skip: PositiveInt = 1
+    max_images: PositiveInt | None = None
+    shard_index: NonNegativeInt = 0
+    num_shards: PositiveInt = 1
+    seed: NonNegativeInt = 0
+    log_dir: Annotated[str, Field(min_length=1)]
+    device: Device = "auto"
+    autocast: Amp = "auto"
+
+    @model_validator(mode="after")
+    def _shard(self) -> CertifyParams:
+        _check(
+            self.shard_index < self.num_shards,
+            "shard_index",
+            f"expected below num_shards ({self.num_shards}), got {self.shard_index}",
+        )
+        return self
+
+
+class ReferencePoint(Params):
+    label: Annotated[str, Field(min_length=1)]
+    radii: Annotated[list[NonNegativeFloat], Field(min_length=1)]
+    certified_accuracy: list[Annotated[float, Field(ge=0, le=1)]]
+
+    @model_validator(mode="after")
+    def _paired(self) -> ReferencePoint:
+        _check(
+            len(self.radii) == len(self.certified_accuracy),
+            "certified_accuracy",
+            "expected one certified accuracy (a fraction in [0, 1]) per radius",
+        )
+        return self
+
+
+class ReportParams(Params):
+    """``report``: the radii of the tables, the curves' grid and published reference points."""
+
+    block: ClassVar[str] = "report"
+    dataset: Annotated[str, Field(min_length=1)]
+    radii: Annotated[list[NonNegativeFloat], Field(min_length=1)]
+    curve_step: PositiveFloat = 0.01
+    reference_points: list[ReferencePoint] = []
+
+    @model_validator(mode="after")
+    def _grid(self) -> ReportParams:
+        _check(
+            all(a < b for a, b in zip(self.radii, self.radii[1:], strict=False)),
+            "radii",
+            f"expected increasing radii, got {self.radii}",
+        )
+        units = round(self.curve_step / 0.01)
+        _check(
+            units >= 1 and math.isclose(units * 0.01, self.curve_step, rel_tol=1e-9),
+            "curve_step",
+            f"expected a positive multiple of 0.01, got {self.curve_step}",
+        )
+        return self
+
+
+BLOCKS: dict[str, type[Params]] = {
+    model.block: model
+    for model in (
+        DataPrepParams,
+        PretrainParams,
+        CifarPretrainParams,
+        FinetuneParams,
+        CertifyParams,
+        ReportParams,
+    )
+}
+"""Every parameter block conf/ may hold, by top-level key."""
+
+
+# --- the dataset spec ---------------------------------------------------------------------------
+
+
+class DatasetSpec(Params):
+    """What data_prep writes to dataset_spec.json, and every later stage reads."""
+
+    name: str
+    source: Literal["digits", "cifar10", "imagefolder"]
+    num_classes: Annotated[int, Field(ge=2)]
+    class_names: list[str]
+    image_size: PositiveInt
+    channels: PositiveInt
+    mean: list[float]
+    std: list[PositiveFloat]
+    split_sizes: dict[Literal["train", "val", "test"], NonNegativeInt]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetSpec:
+        _check(len(self.class_names) == self.num_classes, "class_names", "expected one per class")
+        _check(
+            len(self.mean) == len(self.std) == self.channels,
+            "mean, std",
+            "expected one value per channel",
+        )
+        _check(
+            set(self.split_sizes) == {"train", "val", "test"},
+            "split_sizes",
+            "expected the sizes of train, val and test",
+        )
+        return self
+
+
+def check_dataset_spec(spec: Any) -> None:
+    """The catalog's validator of ``dataset_spec`` (on load): refuse a file that is no spec."""
+    try:
+        DatasetSpec.model_validate(spec)
+    except ParamsError as e:
+        lines = str(e).replace("\n", "; ")
+        raise ValueError(
+            f"dataset_spec.json is not a dataset spec ({lines}); run the data_prep pipeline to "
+            "write it again"
+        ) from None
+
+
+# --- the run as a whole -------------------------------------------------------------------------
+
+
+def check_run(
+    parameters: Mapping[str, Any],
+    used: Collection[str],
+    data: Mapping[str, Any] | None,
+    world_size: int,
+) -> None:
+    """Refuse, with every problem at once, what no single block can see.
+
+    :param parameters: every block of the run's config (models for the blocks Kedro validated)
+    :param used: the blocks the run's nodes read
+    :param data: ``{"split_sizes": {"train", "val", "test"}, "num_classes"}`` of the data the run
+                 trains on, as far as known before it starts (None: unknown)
+    :param world_size: the number of processes of the launch (torchrun's WORLD_SIZE)
+    """
+    problems = [
+        f"{name}: unknown parameter block; the blocks are {', '.join(BLOCKS)}"
+        for name in parameters
+        if name not in BLOCKS
+    ]
+    problems += [
+        f"{name}: not configured in this environment (null), but the run includes its pipeline"
+        for name in sorted(used)
+        if parameters.get(name) is None
+    ]
+    if not problems:
+        blocks = {name: parameters[name] for name in used}
+        problems = list(_combinations(blocks, data or {}, world_size))
+    if problems:
+        raise ParamsError("Parameter validation failed:\n- " + "\n- ".join(problems))
+
+
+def _combinations(
+    blocks: Mapping[str, Params], data: Mapping[str, Any], world_size: int
+) -> Iterator[str]:
+    sizes = data.get("split_sizes") or {}
+    architectures: dict[str, dict[str, Any]] = {}  # of the stages this run trains
+    for name in ("pretrain", "cifar_pretrain", "finetune"):
+        stage = blocks.get(name)
+        if stage is None:
+            continue
+        if stage.init_file is not None and not stage.init_file.is_file():
+            yield (
+                f"{name}.init: {stage.init} does not exist; expected "
+                f"{', '.join((SCRATCH, *stage.INIT_FROM))} or the path of a checkpoint file"
+            )
+        base = {} if stage.init == SCRATCH else architectures.get(stage.init)
+        if base is not None:  # else the checkpoint decides, and the node checks it
+            if name == "finetune":
+                config = stage.architecture(base, data.get("num_classes") or 2)
+            else:
+                config = architectures[name] = stage.architecture(base)
+            yield from (f"{name}.model: {p}" for p in architecture_problems(config))
+        yield from _batch_problems(stage, sizes.get("train"), world_size)
+    certify = blocks.get("certify")
+    if certify is not None and sizes.get("test"):
+        selected = len(range(0, sizes["test"], certify.skip)[: certify.max_images])
+        if certify.num_shards > selected:
+            yield (
+                f"certify.num_shards: {certify.num_shards} shards exceed the {selected} selected "
+                "test images"
+            )
+
+
+def _batch_problems(stage: StageParams, train_size: int | None, world_size: int) -> Iterator[str]:
+    train, name = stage.train, stage.block
+    try:
+        micro_batch, _ = split_batch(train.batch_size, train.accum_iter, world_size)
+    except ValueError as e:
+        yield f"{name}.train: {e}"
+        return
+    if train_size is not None and train.effective_batch > train_size:
+        yield (
+            f"{name}.train: batch_size * accum_iter = {train.effective_batch} exceeds the "
+            f"{train_size} training images"
+        )
+    if isinstance(stage, FinetuneParams) and (stage.mixup or stage.cutmix):
+        copies = micro_batch * stage.losses()[0]["m"]
+        if copies % 2:
+            yield (
+                f"{name}.train.batch_size: mixup and cutmix pair the images of a forward pass, "
+                f"so it needs an even number of noisy copies per process, got {copies}"
+            )
