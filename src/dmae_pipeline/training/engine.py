@@ -18,7 +18,8 @@ python's global generators, the data workers' seeds) is reseeded at the start of
 (seed, rank, epoch): ranks draw independent noise, and a run resumed after epoch k draws exactly
 what the uninterrupted run drew in epoch k + 1 (with ``num_workers`` > 0 the persistent workers
 keep their streams across epochs, so there a resumed run's augmentations differ). The data order
-comes from (seed, epoch) alone.
+comes from (seed, epoch) alone, so every optimizer step sees the same samples whatever the
+number of processes, also when a run resumes under another one.
 
 Non-finite losses, without a host sync per step. Each micro-batch's loss is checked on the
 device; from the first non-finite one on, every backward pass is scaled by NaN, so every later
@@ -130,7 +131,7 @@ def fit(
     record ({"epoch", "train_loss", "lr", "images_per_s", **metrics}), also with the records of
     a resumed run's earlier epochs. ``run_dir/last.pt`` is written every ``cfg.checkpoint_every``
     epochs and at the end; with ``cfg.resume`` a run continues from it, bit-identically on the
-    CPU. ``log_prefix`` starts every log line and progress bar.
+    CPU with ``num_workers`` = 0. ``log_prefix`` starts every log line and progress bar.
     """
     distributed.init_from_env()
     micro_batch, accum = split_batch(cfg.batch_size, cfg.accum_iter, distributed.world_size())
@@ -271,7 +272,7 @@ class _Trainer:
             self.ddp = DistributedDataParallel(
                 model,
                 device_ids=[device.index] if device.type == "cuda" else None,
-                broadcast_buffers=False,
+                forward_sync_buffers=False,
                 gradient_as_bucket_view=True,
             )
         self.eager = self.ddp or model
