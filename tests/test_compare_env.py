@@ -7,10 +7,12 @@ import importlib
 
 import pytest
 from kedro.config import OmegaConfigLoader
+from kedro.framework.project import configure_project
 
 from conftest import PROJECT_ROOT
 from dmae_pipeline.data import expected_spec
 from dmae_pipeline.params import BLOCKS, CompareParams, ParamsError, check_run
+from dmae_pipeline.pipeline_registry import register_pipelines
 from dmae_pipeline.settings import CONFIG_LOADER_ARGS
 
 VARIANTS = ("scratch", "mae", "dmae")
@@ -187,3 +189,12 @@ def test_bad_comparisons_are_refused_with_their_dotted_key(change, message):
     with pytest.raises(ParamsError) as refused:
         CompareParams.model_validate({**COMPARE, **change})
     assert message in str(refused.value)
+
+
+def test_the_default_chain_leaves_the_comparison_out():
+    """`kedro run` on conf/base runs every pipeline but compare, which has no data there."""
+    configure_project("dmae_pipeline")
+    pipelines = register_pipelines()
+    chain = {node.name for node in pipelines["__default__"].nodes}
+    assert {node.name for node in pipelines["report"].nodes} <= chain
+    assert pipelines["compare"].nodes and not {n.name for n in pipelines["compare"].nodes} & chain

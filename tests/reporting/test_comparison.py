@@ -179,7 +179,7 @@ def test_markdown_and_metrics_show_the_table_and_the_gaps():
     table = summary_table(results, RADII)
     gaps = paired_bootstrap(results, [["a", "b"]], RADII, 100, 0.9, 0)
     text = markdown_report(table, gaps, 0.9)
-    assert "on 4 test images, 1,000 noisy samples each" in text
+    assert "on 4 test images, n = 1,000 noisy samples per certificate (mean)" in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert rows[1].split("|")[1:-1] == [
         " a         ",

@@ -165,7 +165,10 @@ def paired_bootstrap(
 def markdown_report(summary: pd.DataFrame, gaps: pd.DataFrame, confidence: float) -> str:
     """The summary table and the gaps as Markdown, accuracies in percent."""
     first = summary.iloc[0]
-    samples = "" if pd.isna(first["samples"]) else f", {first['samples']:,.0f} noisy samples each"
+    samples = first["samples"]
+    samples = (
+        "" if pd.isna(samples) else f", n = {samples:,.0f} noisy samples per certificate (mean)"
+    )
     accuracy = pd.DataFrame(
         {
             "variant": variant,
