@@ -10,9 +10,12 @@ from dmae_pipeline.smoothing.curves import (
 )
 from dmae_pipeline.smoothing.log import (
     LOG_COLUMNS,
+    IncompleteCertificationError,
     certify_dataset,
     image_seed,
+    log_files,
     merge_logs,
+    merge_shard_logs,
     read_log,
     shard_indices,
 )
@@ -23,6 +26,7 @@ __all__ = [
     "NOISE_LAYOUT",
     "SEQUENTIAL_TEST",
     "Certificate",
+    "IncompleteCertificationError",
     "SequentialItem",
     "SequentialTest",
     "Smooth",
@@ -31,8 +35,10 @@ __all__ = [
     "certified_accuracy",
     "certify_dataset",
     "image_seed",
+    "log_files",
     "lower_confidence_bound",
     "merge_logs",
+    "merge_shard_logs",
     "read_log",
     "shard_indices",
 ]
