@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from dmae_pipeline.smoothing import Smooth
-from dmae_pipeline.smoothing.compiled import CompiledClassifier
+from dmae_pipeline.smoothing import CompiledClassifier, Smooth
 
 from .toys import GroupMaxModel, Recorder
 

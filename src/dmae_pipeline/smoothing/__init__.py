@@ -2,6 +2,7 @@
 logs and certified-accuracy curves."""
 
 from dmae_pipeline.smoothing.bounds import lower_confidence_bound
+from dmae_pipeline.smoothing.compiled import CompiledClassifier
 from dmae_pipeline.smoothing.core import NOISE_LAYOUT, Certificate, SequentialItem, Smooth
 from dmae_pipeline.smoothing.curves import (
     average_certified_radius,
@@ -26,6 +27,7 @@ __all__ = [
     "NOISE_LAYOUT",
     "SEQUENTIAL_TEST",
     "Certificate",
+    "CompiledClassifier",
     "IncompleteCertificationError",
     "SequentialItem",
     "SequentialTest",
