@@ -247,12 +247,13 @@ def test_logs_of_other_settings_are_never_resumed(project):
     with other ones starts new logs; the radii leave fixed-n logs alone."""
     count = 0
     other_radii = {"radii": [0.0, 0.5]}
+    sequential = {"mode": "sequential"}
     for certify, report, new_logs in [
         ({}, {}, 2),
-        ({}, other_radii, 2),
-        ({"stop_at_selection": True}, {}, 2),
-        ({"mode": "fixed"}, {}, 2),
-        ({"mode": "fixed"}, other_radii, 0),
+        ({}, other_radii, 0),
+        (sequential, {}, 2),
+        (sequential, other_radii, 2),
+        ({**sequential, "stop_at_selection": True}, {}, 2),
         ({"batch_size": 10}, {}, 0),
     ]:
         params = {"certify": {"max_images": 1, **certify}, **({"report": report} if report else {})}
@@ -262,7 +263,8 @@ def test_logs_of_other_settings_are_never_resumed(project):
 
 
 def test_stop_at_selection_skips_the_images_selection_gets_wrong(project):
-    run_kedro(project, "certify,report", "test", params=certify_params(stop_at_selection=True))
+    params = certify_params(mode="sequential", stop_at_selection=True)
+    run_kedro(project, "certify,report", "test", params=params)
     table = pd.read_csv(project / RESULTS)
     constant = table[table["sigma"] == 0.25]  # it selects CONSTANT_CLASS on every image
     wrong = constant["label"] != CONSTANT_CLASS
@@ -300,11 +302,12 @@ def test_only_the_configured_sigmas_are_certified(project):
         run_kedro(project, "certify", "test", params={"finetune": {"sigmas": [0.25, 0.75]}})
 
 
-def test_torchrun_certification_equals_one_process(project):
+@pytest.mark.parametrize("mode", ["sequential", "fixed"])
+def test_torchrun_certification_equals_one_process(project, mode):
     """`torchrun --nproc_per_node=2 -m kedro run --pipelines=certify`: each process certifies
     every other image of the selection into its own logs, and the merged table equals a
     one-process run's row for row."""
-    run_kedro(project, "certify", "test")
+    run_kedro(project, "certify", "test", params=certify_params(mode=mode))
     one_process = results(project)
     shutil.rmtree(project / LOGS)
     (project / RESULTS).unlink()
@@ -312,7 +315,7 @@ def test_torchrun_certification_equals_one_process(project):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "KEDRO_DISABLE_TELEMETRY": "1"}
     command = [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "kedro", "run"]
     done = subprocess.run(
-        [*command, "--pipelines=certify", "--env=test"],
+        [*command, "--pipelines=certify", "--env=test", f"--params=certify.mode={mode}"],
         cwd=project, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
