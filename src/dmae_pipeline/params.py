@@ -512,6 +512,70 @@ class ReportParams(Params):
         return self
 
 
+# --- the scratch / MAE / DMAE comparison --------------------------------------------------------
+
+
+class Variant(Params):
+    """One variant of the comparison: where finetuning starts (``finetune.init``) and, for a
+    pretrained one, the pretraining's noise and loss (``pretrain.model.sigma``, ``.loss_on``)."""
+
+    init: Literal["scratch", "pretrain"]
+    sigma: NonNegativeFloat | None = None
+    loss_on: Literal["all", "masked"] | None = None
+
+    @model_validator(mode="after")
+    def _pretraining(self) -> Variant:
+        pretrained = self.init != SCRATCH
+        _check(
+            pretrained == (self.sigma is not None) == (self.loss_on is not None),
+            "sigma, loss_on",
+            f"expected both with init pretrain and neither with init scratch, got init "
+            f"{self.init}, sigma {self.sigma}, loss_on {self.loss_on}",
+        )
+        return self
+
+
+class CompareParams(Params):
+    """``compare`` (conf/compare): the variants of the comparison, the one a run trains
+    (``variant``, ``seed``), and how the comparison report sets them against each other."""
+
+    block: ClassVar[str] = "compare"
+    variant: str
+    seed: NonNegativeInt
+    variants: Annotated[dict[str, Variant], Field(min_length=2)]
+    seeds: Annotated[list[NonNegativeInt], Field(min_length=1)]
+    gaps: list[Annotated[list[str], Field(min_length=2, max_length=2)]]
+    radii: Annotated[list[NonNegativeFloat], Field(min_length=1)]
+    bootstrap: PositiveInt = 2000
+    confidence: OpenUnit = 0.95
+    bootstrap_seed: NonNegativeInt = 0
+
+    @model_validator(mode="after")
+    def _known(self) -> CompareParams:
+        names = ", ".join(self.variants)
+        _check(
+            self.variant in self.variants,
+            "variant",
+            f"expected one of {names}, got {self.variant!r}",
+        )
+        _check(
+            len(set(self.seeds)) == len(self.seeds),
+            "seeds",
+            f"expected distinct seeds, got {self.seeds}",
+        )
+        unknown = sorted({v for pair in self.gaps for v in pair} - set(self.variants))
+        _check(not unknown, "gaps", f"expected pairs of {names}, got {unknown}")
+        _check(
+            all(a != b for a, b in self.gaps), "gaps", "expected two different variants per pair"
+        )
+        _check(
+            all(a < b for a, b in zip(self.radii, self.radii[1:], strict=False)),
+            "radii",
+            f"expected increasing radii, got {self.radii}",
+        )
+        return self
+
+
 BLOCKS: dict[str, type[Params]] = {
     model.block: model
     for model in (
@@ -521,6 +585,7 @@ BLOCKS: dict[str, type[Params]] = {
         FinetuneParams,
         CertifyParams,
         ReportParams,
+        CompareParams,
     )
 }
 """Every parameter block conf/ may hold, by top-level key."""
