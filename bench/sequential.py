@@ -12,24 +12,34 @@
    points).
 2. A real model (``compare_on_model``): sequential and fixed-n CERTIFY of a model on a dataset,
    with the pooled path's samples/s against the bare forward pass at the same batch size. Run here
-   on an untrained tiny CNN and random images, for throughput only. The digits comparison (a
-   model trained by the pipeline, on the digits test set) is ``compare_on_model`` called with that
-   model and dataset.
+   on an untrained tiny CNN (or ``--model small_vit``) and random images, for throughput only.
+3. The embedded default (``--digits PROJECT``, after ``kedro run`` there): ``compare_on_model``
+   with each finetuned sigma model of the chain on the digits test set, n_max = 10,000 and the
+   report's radii (goal: certified accuracy within 0.5 points of fixed-n at n = n_max).
 
     python bench/sequential.py [--images 4000] [--pooled-images 2000] [--seed 0]
+        [--no-synthetic] [--model tiny_cnn|small_vit] [--model-images 60] [--model-n-max 2000]
+        [--batch-size 400]
+    python bench/sequential.py --digits . [--digits-n-max 10000] [--digits-skip 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from scipy.stats import norm
 from torch import nn
 
-from bench_certify import tiny_cnn
+from bench_certify import small_vit, tiny_cnn
+from dmae_pipeline.data import SplitDataset, build_transform
+from dmae_pipeline.io import safe_torch_load
+from dmae_pipeline.models import load_classifier
 from dmae_pipeline.smoothing import SequentialTest, Smooth, lower_confidence_bound
 
 SIGMA, ALPHA, N0, N_MAX = 0.25, 0.001, 100, 100_000
@@ -140,8 +150,9 @@ def compare_on_model(
 ) -> None:
     """Sequential (pooled) against fixed-n CERTIFY of ``smooth`` on ``dataset`` (a sequence of
     (image, label) pairs, images on the model's device): prints estimation samples per image,
-    certified accuracy at each radius and noisy samples/s of both paths against the bare forward
-    pass in full batches of ``batch_size``."""
+    certified accuracy at each radius, the time of both, and noisy samples/s of both paths against
+    the bare forward pass in full batches of ``batch_size`` noisy inputs (the fastest of three
+    timings)."""
     device = dataset[0][0].device
     labels = np.array([int(label) for _, label in dataset])
 
@@ -162,13 +173,16 @@ def compare_on_model(
 
     n = np.array([c.n for c in pooled])
     pooled_samples, fixed_samples = len(dataset) * n0 + n.sum(), len(dataset) * (n0 + n_max)
-    batch = dataset[0][0].expand(batch_size, *dataset[0][0].shape).contiguous()
+    image = dataset[0][0]
+    batch = image + smooth.sigma * torch.randn(batch_size, *image.shape, device=device)
     batches = -(-pooled_samples // batch_size)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for _ in range(batches):
-            smooth.model(batch).argmax(1)
-    bare = batches * batch_size / (time.perf_counter() - start)
+    bare = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(batches):
+                smooth.model(batch).argmax(1)
+        bare = max(bare, batches * batch_size / (time.perf_counter() - start))
 
     def accuracy(certs):
         return [
@@ -181,15 +195,37 @@ def compare_on_model(
 
     print(
         f"{len(dataset)} images, n0={n0} n_max={n_max:,} alpha={alpha} batch={batch_size}: "
-        f"estimation samples per image mean {n.mean():,.0f}, median {np.median(n):,.0f}"
+        f"estimation samples per image mean {n.mean():,.0f} (n_max / mean = "
+        f"{n_max / n.mean():.1f}), median {np.median(n):,.0f}"
     )
-    print(f"  certified accuracy % at {tuple(radii)}:")
-    print(f"    sequential {np.round(accuracy(pooled), 2)}, fixed-n {np.round(accuracy(fixed), 2)}")
+    print(f"  {'radius':>8}{'sequential %':>14}{'fixed-n %':>11}{'difference':>12}")
+    for r, a, b in zip(radii, accuracy(pooled), accuracy(fixed), strict=True):
+        print(f"  {r:>8}{a:>14.2f}{b:>11.2f}{a - b:>12.2f}")
+    pooled_rate, fixed_rate = pooled_samples / pooled_seconds, fixed_samples / fixed_seconds
     print(
-        f"  samples/s: pooled sequential {pooled_samples / pooled_seconds:,.0f}, fixed-n "
-        f"{fixed_samples / fixed_seconds:,.0f}, bare forward {bare:,.0f} "
-        f"(pooled / bare {pooled_samples / pooled_seconds / bare:.2f})"
+        f"  time: sequential {pooled_seconds:.1f} s, fixed-n {fixed_seconds:.1f} s; samples/s: "
+        f"pooled sequential {pooled_rate:,.0f}, fixed-n {fixed_rate:,.0f}, bare forward "
+        f"{bare:,.0f} (best of 3); pooled / bare {pooled_rate / bare:.2f}, pooled / fixed-n "
+        f"{pooled_rate / fixed_rate:.2f}"
     )
+
+
+def digits(project: Path, n_max: int, skip: int, batch_size: int) -> None:
+    """``compare_on_model`` on the embedded default's finetuned models and digits test set, after
+    ``kedro run`` in ``project``; the radii are the report's (conf/base)."""
+    spec = json.loads((project / "data/05_model_input/dataset_spec.json").read_text())
+    test_split = safe_torch_load(project / "data/05_model_input/test.pt")
+    images = SplitDataset(test_split, build_transform(spec, train=False))
+    dataset = [images[i] for i in range(0, len(images), skip)]
+    report = yaml.safe_load((project / "conf/base/parameters_report.yml").read_text())["report"]
+    for path in sorted((project / "data/06_models/finetune").glob("sigma_*.pt")):
+        checkpoint = safe_torch_load(path)
+        model = load_classifier(
+            checkpoint, path.name, num_classes=spec["num_classes"], in_chans=spec["channels"]
+        )
+        print(f"-- {path.stem}")
+        smooth = Smooth(model.eval(), spec["num_classes"], float(checkpoint["sigma"]))
+        compare_on_model(smooth, dataset, N0, n_max, ALPHA, batch_size, report["radii"])
 
 
 def main() -> None:
@@ -197,16 +233,30 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4000)
     parser.add_argument("--pooled-images", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-synthetic", action="store_true", help="skip part 1")
+    parser.add_argument("--model", choices=["tiny_cnn", "small_vit"], default="tiny_cnn")
     parser.add_argument("--model-images", type=int, default=60)
     parser.add_argument("--model-n-max", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=400)
+    parser.add_argument(
+        "--digits", type=Path, metavar="PROJECT", help="only the digits comparison, on a project "
+        "where `kedro run` has run (its data/05_model_input and data/06_models/finetune)",
+    )  # fmt: skip
+    parser.add_argument("--digits-n-max", type=int, default=10_000)
+    parser.add_argument("--digits-skip", type=int, default=1, help="every skip-th test image")
     args = parser.parse_args()
-    print("== 1. synthetic base classifier ==")
-    synthetic(args.images, args.pooled_images, args.seed)
-    print("== 2. untrained tiny CNN on random 3x32x32 images (throughput only) ==")
+    if args.digits:
+        print("== 3. the embedded default's finetuned models on the digits test set ==")
+        digits(args.digits, args.digits_n_max, args.digits_skip, args.batch_size)
+        return
+    if not args.no_synthetic:
+        print("== 1. synthetic base classifier ==")
+        synthetic(args.images, args.pooled_images, args.seed)
+    print(f"== 2. untrained {args.model} on random 3x32x32 images (throughput only) ==")
     torch.manual_seed(args.seed)
     dataset = [(torch.rand(3, 32, 32), i % 10) for i in range(args.model_images)]
-    smooth = Smooth(tiny_cnn(10).eval(), 10, SIGMA)
+    model = {"tiny_cnn": tiny_cnn, "small_vit": small_vit}[args.model](10)
+    smooth = Smooth(model.eval(), 10, SIGMA)
     compare_on_model(smooth, dataset, N0, args.model_n_max, ALPHA, args.batch_size, seed=args.seed)
 
 

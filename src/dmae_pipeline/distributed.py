@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import atexit
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -76,6 +78,17 @@ def barrier() -> None:
     """Wait until every process gets here (nothing to wait for in a single process)."""
     if is_initialized():
         dist.barrier()
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Run the block on rank 0 first and on the other processes once rank 0 is through (a
+    download that the others then find done); a plain block in a single process."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
 
 
 def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:

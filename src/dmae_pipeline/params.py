@@ -437,13 +437,16 @@ class FinetuneParams(StageParams):
 
 
 class CertifyParams(Params):
-    """``certify``: Cohen et al.'s CERTIFY of the selected test images (``smoothing``)."""
+    """``certify``: Cohen et al.'s CERTIFY of the selected test images (``smoothing``): fixed-n, or
+    sequential with ``n`` as n_max, settling the certificates at ``report.radii``."""
 
     block: ClassVar[str] = "certify"
     n0: PositiveInt
     n: PositiveInt
     alpha: OpenUnit
     batch_size: PositiveInt
+    mode: Literal["fixed", "sequential"] = "fixed"
+    stop_at_selection: bool = False
     skip: PositiveInt = 1
     max_images: PositiveInt | None = None
     shard_index: NonNegativeInt = 0
@@ -452,6 +455,7 @@ class CertifyParams(Params):
     log_dir: Annotated[str, Field(min_length=1)]
     device: Device = "auto"
     autocast: Amp = "auto"
+    compile: bool = False
 
     @model_validator(mode="after")
     def _shard(self) -> CertifyParams:
@@ -459,6 +463,11 @@ class CertifyParams(Params):
             self.shard_index < self.num_shards,
             "shard_index",
             f"expected below num_shards ({self.num_shards}), got {self.shard_index}",
+        )
+        _check(
+            self.mode == "sequential" or not self.stop_at_selection,
+            "stop_at_selection",
+            "applies to mode sequential only; set it to false or mode to sequential",
         )
         return self
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -18,13 +21,22 @@ from dmae_pipeline.io import atomic_torch_save, safe_torch_load
 from dmae_pipeline.models import build_classifier
 from dmae_pipeline.params import DataPrepParams
 from dmae_pipeline.pipelines.data_prep.nodes import prepare_dataset
-from dmae_pipeline.smoothing import LOG_COLUMNS, lower_confidence_bound, read_log, shard_indices
+from dmae_pipeline.smoothing import (
+    LOG_COLUMNS,
+    IncompleteCertificationError,
+    SequentialTest,
+    lower_confidence_bound,
+    read_log,
+    shard_indices,
+)
 
 pytestmark = pytest.mark.slow
 
-CONSTANT_CLASS = 3
+CONSTANT_CLASS = 5  # the label of 2 of the 5 selected test images
 LOGS = Path("data/07_model_output/certify")
 RESULTS = Path("data/07_model_output/certification_results.csv")
+RADII = [0.0, 0.25, 0.5, 1.0]  # conf/test/parameters_report.yml
+TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
 @pytest.fixture(scope="module")
@@ -84,41 +96,59 @@ def logs(project: Path) -> dict[str, Path]:
     return {p.name: p for p in sorted((project / LOGS).glob("*.tsv"))}
 
 
-def without_time(path: Path) -> list[list[str]]:
-    """A log's lines, split, without the wall-clock column."""
+def sorted_rows(path: Path) -> list[list[str]]:
+    """A log's rows, split, without the wall-clock column, by idx (sequential CERTIFY writes them
+    in the order the images finish)."""
     time_column = LOG_COLUMNS.index("time")
-    rows = [line.split("\t") for line in path.read_text().splitlines()]
-    return [row[:time_column] + row[time_column + 1 :] for row in rows]
+    rows = [line.split("\t") for line in path.read_text().splitlines()[1:]]
+    return sorted(
+        (row[:time_column] + row[time_column + 1 :] for row in rows), key=lambda r: int(r[0])
+    )
 
 
 def results(project: Path) -> pd.DataFrame:
     return pd.read_csv(project / RESULTS).drop(columns="time")
 
 
-def test_certify_then_report(project):
-    run_kedro(project, "certify,report", "test")
+def selected_test_images(project: Path, **kwargs) -> list[int]:
+    spec = json.loads((project / "data/05_model_input/dataset_spec.json").read_text())
+    return shard_indices(spec["split_sizes"]["test"], **{"skip": 7, "max_images": 5, **kwargs})
 
-    test_size = json.loads((project / "data/05_model_input/dataset_spec.json").read_text())[
-        "split_sizes"
-    ]["test"]
-    selected = shard_indices(test_size, skip=7, max_images=5)
+
+def constant_certificate(mode: str) -> tuple[int, float]:
+    """The samples and radius of every image for the constant classifier at sigma 0.25 (nA = n):
+    n = 50 and Clopper-Pearson's bound, or the first look of the sequential test at which n
+    successes settle every radius, and the test's bound."""
+    if mode == "fixed":
+        return 50, 0.25 * norm.ppf(lower_confidence_bound(50, 50, 0.001))
+    test = SequentialTest(50, 0.001, 0.25, RADII)
+    n = next(look for look in test.looks if test.settled(look, look))
+    return n, 0.25 * norm.ppf(test.lower(n, n))
+
+
+@pytest.mark.parametrize("mode", ["sequential", "fixed"])
+def test_certify_then_report(project, mode):
+    run_kedro(project, "certify,report", "test", params=certify_params(mode=mode))
+
+    selected = selected_test_images(project)
     files = logs(project)
     assert [name.split("-")[0] for name in files] == ["sigma_0.25", "sigma_0.50"]
     for path in files.values():
         assert path.read_text().split("\n", 1)[0] == "\t".join(LOG_COLUMNS)
-        assert read_log(path)["idx"].tolist() == selected
+        assert sorted(read_log(path)["idx"].tolist()) == selected
 
     table = pd.read_csv(project / RESULTS)
     assert list(table.columns) == ["sigma", *LOG_COLUMNS]
     assert table["sigma"].tolist() == [0.25] * 5 + [0.5] * 5
     assert table["idx"].tolist() == selected * 2
-    assert (table["n"] == 50).all()
+    assert (table["estimation"] == mode).all() and (table["n_max"] == 50).all()
     labels = safe_torch_load(project / "data/05_model_input/test.pt")["labels"]
     assert table["label"].tolist() == [int(labels[i]) for i in selected] * 2
-    # the constant classifier: nA = n, so every image gets sigma * Phi^-1(lower bound at n of n)
+    # the constant classifier: nA = n on every image, so every image gets the same certificate
     constant = table[table["sigma"] == 0.25]
-    radius = 0.25 * norm.ppf(lower_confidence_bound(50, 50, 0.001))
-    assert (constant["predict"] == CONSTANT_CLASS).all() and (constant["nA"] == 50).all()
+    n, radius = constant_certificate(mode)
+    assert (constant["predict"] == CONSTANT_CLASS).all()
+    assert (constant["nA"] == n).all() and (constant["n"] == n).all()
     assert constant["radius"].tolist() == pytest.approx([radius] * 5)
     assert (
         constant["correct"].tolist() == (constant["label"] == CONSTANT_CLASS).astype(int).tolist()
@@ -129,21 +159,29 @@ def test_certify_then_report(project):
     accuracy = (constant["label"] == CONSTANT_CLASS).mean()
     assert metrics["sigma_0.25/r_0.00"] == metrics["sigma_0.25/r_0.25"] == pytest.approx(accuracy)
     assert metrics["sigma_0.25/r_0.50"] == 0.0  # 0.25 * 1.13 < 0.5
+    assert metrics["mean_samples/sigma_0.25"] == metrics["median_samples/sigma_0.25"] == n
+    assert metrics["saving/sigma_0.25"] == pytest.approx(50 / n)
+    noisy = table.loc[table["sigma"] == 0.5, "n"]
+    assert metrics["mean_samples/sigma_0.50"] == pytest.approx(noisy.mean())
+    markdown = (project / "data/08_reporting/certified_accuracy.md").read_text()
+    assert "samples (mean)" in markdown and f"{50 / n:.1f}x" in markdown
     client, run = mlflow_run("certify+report @ test")
+    assert run.data.metrics["saving/sigma_0.25"] == pytest.approx(50 / n)
     assert artifact_paths(client, run.info.run_id, "certification") == {
         "certification/certification_results.csv"
     }
 
 
-def test_interrupted_certification_resumes_to_the_uninterrupted_file(project):
-    run_kedro(project, "certify", "test", params=certify_params(max_images=2))
+@pytest.mark.parametrize("mode", ["sequential", "fixed"])
+def test_interrupted_certification_resumes_to_the_uninterrupted_rows(project, mode):
+    run_kedro(project, "certify", "test", params=certify_params(mode=mode, max_images=2))
     first = {name: read_log(path) for name, path in logs(project).items()}
     assert all(len(log["idx"]) == 2 for log in first.values())
     noisy = next(path for name, path in logs(project).items() if name.startswith("sigma_0.50"))
     with noisy.open("a") as f:  # a run killed while writing its next row
         f.write("14\t2\t")
 
-    run_kedro(project, "certify", "test")
+    run_kedro(project, "certify", "test", params=certify_params(mode=mode))
     resumed = logs(project)
     assert resumed.keys() == first.keys()
     for name, path in resumed.items():
@@ -151,37 +189,45 @@ def test_interrupted_certification_resumes_to_the_uninterrupted_file(project):
         assert len(log["idx"]) == 5
         # the first rows were not certified again: their times are the first run's
         assert log["time"].tolist()[:2] == first[name]["time"].tolist()
-    resumed_rows = {name: without_time(path) for name, path in resumed.items()}
+    resumed_rows = {name: sorted_rows(path) for name, path in resumed.items()}
     resumed_results = results(project)
 
     shutil.rmtree(project / LOGS)
-    run_kedro(project, "certify", "test")
-    assert {name: without_time(path) for name, path in logs(project).items()} == resumed_rows
+    run_kedro(project, "certify", "test", params=certify_params(mode=mode))
+    assert {name: sorted_rows(path) for name, path in logs(project).items()} == resumed_rows
     pd.testing.assert_frame_equal(results(project), resumed_results)
 
 
 def test_shards_merge_to_the_unsharded_results(project):
-    run_kedro(project, "certify", "test")
-    unsharded = results(project)
-
     two_shards = certify_params(num_shards=2, shard_index=0)
-    with pytest.raises(FileNotFoundError, match=r"sigma_0\.25: no log for shard\(s\) \[1\] of 2"):
+    incomplete = (
+        r"sigma_0\.25: the certification of 2 shard\(s\) is incomplete \(shard 1 lacks 2 of 2\)"
+    )
+    with pytest.raises(IncompleteCertificationError, match=incomplete):
         run_kedro(project, "certify", "test", params=two_shards)
     shard_0 = [name for name in logs(project) if name.endswith("shard_0_of_2.tsv")]
     assert len(shard_0) == 2  # shard 0 was certified before the merge refused
     run_kedro(project, "certify", "test", params=certify_params(num_shards=2, shard_index=1))
-
     for partition in ("sigma_0.25", "sigma_0.50"):
         shards = [
-            read_log(path)["idx"].tolist()
+            sorted(read_log(path)["idx"].tolist())
             for name, path in logs(project).items()
             if name.startswith(f"{partition}-") and "_of_2" in name
         ]
         assert shards == [[0, 14, 28], [7, 21]]
-    pd.testing.assert_frame_equal(results(project), unsharded)
+    sharded = results(project)
+
+    # an unsharded run finds every image in the shards' logs: it certifies none again
+    run_kedro(project, "certify", "test")
+    unsharded_logs = [path for name, path in logs(project).items() if "shard_0_of_1" in name]
+    assert len(unsharded_logs) == 2 and all(len(read_log(p)["idx"]) == 0 for p in unsharded_logs)
+    pd.testing.assert_frame_equal(results(project), sharded)
+    shutil.rmtree(project / LOGS)
+    run_kedro(project, "certify", "test")
+    pd.testing.assert_frame_equal(results(project), sharded)
 
     # an incomplete shard (here: more images selected than were certified) is refused
-    with pytest.raises(ValueError, match=r"incomplete \(shard 1 lacks 2 of 4\)"):
+    with pytest.raises(IncompleteCertificationError, match=r"incomplete \(shard 1 lacks 2 of 4\)"):
         run_kedro(project, "certify", "test", params=certify_params(max_images=8, num_shards=2))
 
 
@@ -196,9 +242,48 @@ def test_a_retrained_model_is_certified_again(project):
     assert pd.read_csv(project / RESULTS)["idx"].tolist() == [0, 0]
 
 
+def test_logs_of_other_settings_are_never_resumed(project):
+    """A log's name carries the mode, the sequential test's radii and stop_at_selection: a run
+    with other ones starts new logs; the radii leave fixed-n logs alone."""
+    count = 0
+    other_radii = {"radii": [0.0, 0.5]}
+    sequential = {"mode": "sequential"}
+    for certify, report, new_logs in [
+        ({}, {}, 2),
+        ({}, other_radii, 0),
+        (sequential, {}, 2),
+        (sequential, other_radii, 2),
+        ({**sequential, "stop_at_selection": True}, {}, 2),
+        ({"batch_size": 10}, {}, 0),
+    ]:
+        params = {"certify": {"max_images": 1, **certify}, **({"report": report} if report else {})}
+        run_kedro(project, "certify", "test", params=params)
+        count += new_logs
+        assert len(logs(project)) == count, params
+
+
+def test_stop_at_selection_skips_the_images_selection_gets_wrong(project):
+    params = certify_params(mode="sequential", stop_at_selection=True)
+    run_kedro(project, "certify,report", "test", params=params)
+    table = pd.read_csv(project / RESULTS)
+    constant = table[table["sigma"] == 0.25]  # it selects CONSTANT_CLASS on every image
+    wrong = constant["label"] != CONSTANT_CLASS
+    assert 0 < wrong.sum() < 5
+    assert (constant["estimation"] == wrong.map({True: "skipped", False: "sequential"})).all()
+    assert (constant.loc[wrong, ["n", "nA", "predict", "correct"]] == [0, 0, -1, 0]).all().all()
+    summary = pd.read_csv(
+        project / "data/08_reporting/certified_accuracy.csv", dtype={"sigma": str}
+    )
+    assert summary.loc[0, "r_0.00"] == pytest.approx(1 - wrong.mean())
+
+
 def test_bad_inputs_stop_before_any_work(project):
     with pytest.raises(ParameterValidationError, match=r"certify\.n0: Input should be greater"):
         run_kedro(project, "certify", "test", params=certify_params(n0=0))
+    with pytest.raises(ParameterValidationError, match=r"certify\.stop_at_selection: applies to"):
+        run_kedro(
+            project, "certify", "test", params=certify_params(mode="fixed", stop_at_selection=True)
+        )
     checkpoint = safe_torch_load(project / "data/06_models/finetune/sigma_0.50.pt")
     checkpoint["config"]["num_classes"] = 7
     atomic_torch_save(checkpoint, project / "data/06_models/finetune/sigma_0.50.pt")
@@ -215,3 +300,30 @@ def test_only_the_configured_sigmas_are_certified(project):
     assert pd.read_csv(project / RESULTS)["sigma"].tolist() == [0.25, 0.5]
     with pytest.raises(FileNotFoundError, match=r"finetuned_models has no sigma_0\.75"):
         run_kedro(project, "certify", "test", params={"finetune": {"sigmas": [0.25, 0.75]}})
+
+
+@pytest.mark.parametrize("mode", ["sequential", "fixed"])
+def test_torchrun_certification_equals_one_process(project, mode):
+    """`torchrun --nproc_per_node=2 -m kedro run --pipelines=certify`: each process certifies
+    every other image of the selection into its own logs, and the merged table equals a
+    one-process run's row for row."""
+    run_kedro(project, "certify", "test", params=certify_params(mode=mode))
+    one_process = results(project)
+    shutil.rmtree(project / LOGS)
+    (project / RESULTS).unlink()
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KEDRO_DISABLE_TELEMETRY": "1"}
+    command = [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "kedro", "run"]
+    done = subprocess.run(
+        [*command, "--pipelines=certify", "--env=test", f"--params=certify.mode={mode}"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    for partition in ("sigma_0.25", "sigma_0.50"):
+        shares = {
+            name.rsplit("-", 1)[1]: sorted(read_log(path)["idx"].tolist())
+            for name, path in logs(project).items()
+            if name.startswith(f"{partition}-")
+        }
+        assert shares == {"rank_0_of_2.tsv": [0, 14, 28], "rank_1_of_2.tsv": [7, 21]}
+    pd.testing.assert_frame_equal(results(project), one_process)

@@ -10,23 +10,14 @@ from test_pretrain import run_metric, tracking_uri
 
 from conftest import copy_project, run_kedro
 from dmae_pipeline.io import safe_torch_load
-from dmae_pipeline.models import build_dmae, export_pretrained, load_pretrained
+from dmae_pipeline.models import PRESETS, build_dmae, export_pretrained, load_pretrained
 from dmae_pipeline.models.pos_embed import sincos_pos_embed_2d
 
 pytestmark = pytest.mark.slow
 
 MODELS = "data/06_models/cifar_pretrain"
 # The test env's pretrain architecture (conf/test/parameters_pretrain.yml), 16x16 images.
-TEST_MODEL = dict(
-    preset="pico",
-    patch_size=4,
-    embed_dim=32,
-    depth=2,
-    num_heads=2,
-    decoder_embed_dim=32,
-    decoder_depth=1,
-    decoder_num_heads=2,
-)
+TEST_MODEL = {"preset": "pico", "patch_size": 4, **PRESETS["pico"]}
 
 
 @pytest.fixture(scope="module")

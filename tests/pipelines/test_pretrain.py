@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 
 import mlflow
 import pytest
@@ -11,7 +12,7 @@ from kedro.validation.exceptions import ParameterValidationError
 from PIL import Image
 
 from conftest import copy_project, run_kedro
-from dmae_pipeline.io import safe_torch_load
+from dmae_pipeline.io import LockedError, exclusive_lock, safe_torch_load
 from dmae_pipeline.models import build_dmae, export_pretrained, load_pretrained
 
 MODELS = "data/06_models/pretrain"
@@ -125,3 +126,29 @@ def test_without_resume_a_changed_model_starts_over(project):
     assert checkpoint["config"]["sigma"] == 0.5 and checkpoint["epoch"] == 3
     record = json.loads((project / MODELS / "run/run.json").read_text())
     assert record["model"] == checkpoint["config"] and record["init"] is None
+
+
+def _hold(lock, ready, release):
+    with exclusive_lock(lock, "a test"):
+        ready.set()
+        release.wait(60)
+
+
+@pytest.mark.slow
+def test_a_second_run_on_the_same_run_folder_stops_at_once(project):
+    """Two runs of one stage would interleave their checkpoints: the second is refused."""
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(
+        target=_hold, args=(project / MODELS / "run/.run.lock", ready, release)
+    )
+    holder.start()
+    stamp = (project / MODELS / "run/last.pt").stat().st_mtime_ns
+    try:
+        assert ready.wait(60)
+        with pytest.raises(LockedError, match=rf"pid {holder.pid}\) is using the training run"):
+            run_kedro(project, "pretrain", "test")
+    finally:
+        release.set()
+        holder.join(60)
+    assert (project / MODELS / "run/last.pt").stat().st_mtime_ns == stamp

@@ -122,6 +122,35 @@ def test_markdown_report_shows_percentages_and_the_published_points():
     assert rows[-2:] == [["published", "r = 0.25", "r = 0.50"], ["paper", "60.0", "30.0"]]
 
 
+def test_samples_per_image_and_the_saving_against_n_max():
+    """Sequential results: estimation samples n of at most n_max per image (0 when estimation
+    was skipped at selection)."""
+    results = hand_made_results().sort_values(["sigma", "idx"])
+    results["n"] = [1000, 300, 0, 4000, 100, 200, 300, 1400]
+    results["n_max"] = 10_000
+    table = summary_table(results, RADII).set_index("sigma")
+    assert list(table.columns[:7]) == [
+        "images", "clean_accuracy", "abstain_rate", "acr", "mean_samples", "median_samples",
+        "saving",
+    ]  # fmt: skip
+    assert table.loc["0.25", ["mean_samples", "median_samples"]].tolist() == [1325, 650]
+    assert table.loc["0.50", ["mean_samples", "median_samples"]].tolist() == [500, 250]
+    assert table.loc["0.25", "saving"] == pytest.approx(10_000 / 1325)
+    assert table.loc["0.50", "saving"] == 20.0 and pd.isna(table.loc[BEST, "saving"])
+    flat = flat_metrics(table.reset_index())
+    assert flat["mean_samples/sigma_0.50"] == 500 and flat["saving/sigma_0.50"] == 20
+    assert flat["median_samples/sigma_0.25"] == 650
+    histories = metric_histories(table.reset_index(), curve_table(results, 1.0))
+    assert histories["saving/sigma_0.50"] == {"value": 20.0, "step": 0}
+    rows = markdown_rows(markdown_report(table.reset_index(), "toy"))
+    assert rows[0][-3:] == ["samples (mean)", "samples (median)", "saving"]
+    assert rows[1][-3:] == ["1,325", "650", "7.5x"] and rows[3][-3:] == ["", "", ""]
+    assert "saving: n_max over their mean" in markdown_report(table.reset_index(), "toy")
+    # a table without n_max (fixed n, read from elsewhere) has the samples but no saving
+    no_n_max = summary_table(results.drop(columns="n_max"), RADII)
+    assert "mean_samples" in no_n_max and "saving" not in no_n_max
+
+
 def test_plot_has_a_curve_per_sigma_the_envelope_and_the_reference(tmp_path):
     figure = plot_curves(curve_table(hand_made_results(), 1.0), "toy", REFERENCE)
     axes = figure.axes[0]

@@ -8,11 +8,14 @@ from scipy.stats import norm
 from dmae_pipeline.io import LockedError, exclusive_lock
 from dmae_pipeline.smoothing import (
     LOG_COLUMNS,
+    IncompleteCertificationError,
     Smooth,
     certify_dataset,
     image_seed,
+    log_files,
     lower_confidence_bound,
     merge_logs,
+    merge_shard_logs,
     read_log,
     shard_indices,
 )
@@ -227,3 +230,132 @@ def test_shard_indices_split_the_selection():
     ]:
         with pytest.raises(ValueError, match=match):
             shard_indices(10, **kwargs)
+
+
+RADII = (0.0, 0.1, 0.2)
+
+
+def run_sequential(smooth, dataset, indices, path, **kwargs):
+    return certify_dataset(
+        smooth, dataset, indices, N0, 2000, ALPHA, BATCH, path, SEED, radii=RADII,
+        progress=False, **kwargs,
+    )  # fmt: skip
+
+
+def sorted_rows(path) -> list[list[str]]:
+    """A log's rows without time, sorted by idx (sequential rows come in the order they finish)."""
+    return sorted(without_time(path)[1:], key=lambda row: int(row[0]))
+
+
+def test_sequential_rows_are_the_pooled_certificates_of_their_images(smooth, dataset, tmp_path):
+    log = run_sequential(smooth, dataset, range(10), tmp_path / "log.tsv")
+    assert tuple(log) == LOG_COLUMNS and sorted(log["idx"].tolist()) == list(range(10))
+    assert (log["estimation"] == "sequential").all() and (log["n_max"] == 2000).all()
+    items = [
+        (idx, image, torch.Generator().manual_seed(image_seed(SEED, idx)))
+        for idx, (image, _) in enumerate(dataset)
+    ]
+    certificates = dict(smooth.certify_many(items, N0, 2000, ALPHA, BATCH, RADII))
+    for row in zip(*(log[c] for c in LOG_COLUMNS), strict=True):
+        cert = certificates[int(row[0])]
+        assert [row[2], row[3], row[6], row[7], row[8]] == [
+            cert.prediction, cert.radius, cert.n_a, cert.n, cert.p_a_lower,
+        ]  # fmt: skip
+    assert len(set(log["n"].tolist())) > 1  # images stop at different looks
+    assert (log["correct"] == (log["predict"] == log["label"])).all()
+
+
+def test_a_sequential_log_resumes_exactly(smooth, dataset, tmp_path):
+    uninterrupted = tmp_path / "uninterrupted.tsv"
+    run_sequential(smooth, dataset, range(10), uninterrupted)
+    resumed = tmp_path / "resumed.tsv"
+    run_sequential(smooth, dataset, [7, 2, 5], resumed)
+    with open(resumed, "a") as f:  # killed while writing a row
+        f.write("4\t2\t-1\t0.0")
+    run_sequential(smooth, dataset, range(10), resumed)
+    assert sorted_rows(resumed) == sorted_rows(uninterrupted)
+    assert without_time(resumed)[0] == list(LOG_COLUMNS[:5] + LOG_COLUMNS[6:])
+    before = resumed.read_text()
+    run_sequential(smooth, dataset, range(10), resumed)
+    assert resumed.read_text() == before
+
+
+def test_stop_at_selection_skips_images_whose_selection_misses_the_label(smooth, dataset, tmp_path):
+    log = run_sequential(smooth, dataset, range(10), tmp_path / "log.tsv", stop_at_selection=True)
+    labels = {idx: int(label) for idx, (_, label) in enumerate(dataset)}
+    items = [
+        (idx, image, torch.Generator().manual_seed(image_seed(SEED, idx)), labels[idx])
+        for idx, (image, _) in enumerate(dataset)
+    ]
+    certificates = dict(smooth.certify_many(items, N0, 2000, ALPHA, BATCH, RADII))
+    missed = {idx for idx, cert in certificates.items() if cert.c_hat != labels[idx]}
+    assert 0 < len(missed) < 10, "the fixture should mix hits and misses of selection"
+    skipped = log["estimation"] == "skipped"
+    assert set(log["idx"][skipped].tolist()) == missed
+    assert (log["n"][skipped] == 0).all() and (log["predict"][skipped] == -1).all()
+    assert (log["correct"][skipped] == 0).all() and (log["n"][~skipped] > 0).all()
+    with pytest.raises(ValueError, match="sequential CERTIFY only"):
+        certify_dataset(
+            smooth, dataset, [0], N0, N, ALPHA, BATCH, tmp_path / "new.tsv", SEED,
+            stop_at_selection=True,
+        )  # fmt: skip
+
+
+def test_refuses_a_log_of_another_estimation_or_sequential_test(smooth, dataset, tmp_path):
+    fixed, sequential = tmp_path / "fixed.tsv", tmp_path / "sequential.tsv"
+    run(smooth, dataset, [0, 1], fixed)
+    run_sequential(smooth, dataset, [0, 1, 2, 3], sequential, stop_at_selection=True)
+    assert "skipped" in read_log(sequential)["estimation"]
+    with pytest.raises(ValueError, match="holds rows of fixed estimation, but this run writes"):
+        run_sequential(smooth, dataset, [2], fixed)
+    with pytest.raises(
+        ValueError,
+        match="holds rows of sequential and skipped estimation, but this run writes fixed",
+    ):
+        run(smooth, dataset, [4], sequential)
+    with pytest.raises(ValueError, match="rows of skipped estimation, but this run writes sequen"):
+        run_sequential(smooth, dataset, [4], sequential)
+    with pytest.raises(ValueError, match=r"another alpha or radii than 0\.05 and \[0\.0, 0\.1\]"):
+        certify_dataset(
+            smooth, dataset, [4], N0, 2000, ALPHA, BATCH, sequential, SEED, radii=(0.0, 0.1),
+            stop_at_selection=True,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"n=\[2000\], not n=3000"):
+        certify_dataset(
+            smooth, dataset, [4], N0, 3000, ALPHA, BATCH, sequential, SEED, radii=RADII,
+            stop_at_selection=True,
+        )  # fmt: skip
+    assert len(read_log(sequential)["idx"]) == 4
+
+
+def test_images_of_other_logs_are_skipped(smooth, dataset, tmp_path):
+    """Logs of the same settings split some other way (other processes, another shard count)."""
+    first, second = tmp_path / "a-shard_0_of_2.tsv", tmp_path / "a-shard_1_of_2.tsv"
+    run_sequential(smooth, dataset, [0, 2, 4], first)
+    run_sequential(smooth, dataset, [1, 3], second)
+    third = tmp_path / "a-shard_0_of_1.tsv"
+    log = run_sequential(smooth, dataset, range(6), third, others=log_files(tmp_path / "a-"))
+    assert log["idx"].tolist() == [5]
+    assert log_files(tmp_path / "a-") == [third, first, second]
+    assert log_files(tmp_path / "b-") == []
+
+
+def test_merged_shard_logs_hold_every_image_of_the_shards(smooth, dataset, tmp_path):
+    shards = [shard_indices(10, 2, None, i, 2) for i in range(2)]  # [0, 4, 8], [2, 6]
+    whole = tmp_path / "whole.tsv"
+    run_sequential(smooth, dataset, range(10), whole)
+    parts = [tmp_path / f"part{i}.tsv" for i in range(3)]
+    for part, indices in zip(parts, ([0, 6], [8, 4], [2, 3]), strict=True):
+        run_sequential(smooth, dataset, indices, part)
+    merged = merge_shard_logs(parts, shards)
+    assert merged["idx"].tolist() == [0, 2, 4, 6, 8]  # image 3 is not selected
+    assert_same_certificates(merged, merge_shard_logs([whole], shards))
+    incomplete = r"2 shard\(s\) is incomplete \(shard 0 lacks 2 of 3, shard 1 lacks 1 of 2\)"
+    with pytest.raises(IncompleteCertificationError, match=incomplete):
+        merge_shard_logs(parts[:1], shards)
+    with pytest.raises(IncompleteCertificationError, match=r"shard 0 lacks 3 of 3"):
+        merge_shard_logs([], shards[:1])
+    fixed = tmp_path / "fixed.tsv"
+    run(smooth, dataset, [1], fixed)
+    with pytest.raises(ValueError, match="mix fixed and sequential estimation"):
+        merge_logs([parts[0], fixed])

@@ -82,7 +82,7 @@ def read_cifar10(
     else:
         raise FileNotFoundError(
             f"CIFAR-10 not found: neither {archive} nor {folder}/ exists. Download {url} "
-            f"(md5 {md5}) into {raw_dir}/, or turn on downloading (data_prep.download: true)."
+            f"(md5 {md5}) into {raw_dir}/, or let it be downloaded (download=True)."
         )
     try:
         with tarfile.open(archive, "r:gz") as tar:

@@ -14,6 +14,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from tqdm.auto import tqdm
 
+from dmae_pipeline import distributed
 from dmae_pipeline.data.splits import Source
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -54,7 +55,13 @@ def _subfolders(path: Path) -> list[str]:
 def _manifest(root: Path, folder: str, class_names: list[str]) -> dict:
     paths: list[str] = []
     labels: list[int] = []
-    for label, name in enumerate(tqdm(class_names, desc=f"indexing {folder}/", unit="class")):
+    bar = tqdm(
+        class_names,
+        desc=f"indexing {folder}/",
+        unit="class",
+        disable=None if distributed.is_main() else True,  # rank 0's bar alone under torchrun
+    )
+    for label, name in enumerate(bar):
         class_dir = root / folder / name
         found = _image_files(root, class_dir) if class_dir.is_dir() else []
         if folder == "train" and not found:

@@ -1,8 +1,10 @@
 """Certification reports: summary tables, certified-accuracy curves, metrics and the plot.
 
 Everything starts from a certification table: one row per (sigma, image), with at least the
-columns ``sigma idx predict radius correct`` of the per-image logs. Accuracies are fractions in
-[0, 1] everywhere except the Markdown table, which shows percentages as the papers do.
+columns ``sigma idx predict radius correct`` of the per-image logs; with their ``n`` (estimation
+samples) and ``n_max`` columns too, the reports show the samples spent per image. Accuracies are
+fractions in [0, 1] everywhere except the Markdown table, which shows percentages as the papers
+do.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from dmae_pipeline.smoothing import (
 RADIUS_UNIT = 0.01
 """Curves are tabulated on a grid of multiples of this radius; a metric step counts them."""
 REQUIRED_COLUMNS = ("sigma", "idx", "predict", "radius", "correct")
-PER_SIGMA_COLUMNS = ("clean_accuracy", "abstain_rate", "acr")
+PER_SIGMA_COLUMNS = (
+    "clean_accuracy", "abstain_rate", "acr", "mean_samples", "median_samples", "saving",
+)  # fmt: skip
 
 
 def radius_column(radius: float) -> str:
@@ -68,8 +72,11 @@ def summary_table(results: pd.DataFrame, radii: Sequence[float]) -> pd.DataFrame
 
     Columns: ``sigma`` (label), ``images``, ``clean_accuracy`` (CERTIFY's accuracy, abstentions
     counted wrong: the certified accuracy at radius 0), ``abstain_rate``, ``acr`` (average
-    certified radius), then ``r_<radius>`` certified accuracies. The best row holds the envelope
-    of the accuracies and leaves the per-sigma columns empty.
+    certified radius); if the results have ``n``, ``mean_samples`` and ``median_samples`` (the
+    estimation samples per image), and if also ``n_max``, ``saving`` (n_max / mean_samples: how
+    many times fewer samples than fixed-n CERTIFY at n = n_max); then ``r_<radius>`` certified
+    accuracies. The best row holds the envelope of the accuracies and leaves the per-sigma
+    columns empty.
     """
     results = check_results(results)
     rows, curves = [], []
@@ -84,12 +91,24 @@ def summary_table(results: pd.DataFrame, radii: Sequence[float]) -> pd.DataFrame
                 "clean_accuracy": float(np.mean(correct)),
                 "abstain_rate": float(np.mean(group["predict"].to_numpy() == Smooth.ABSTAIN)),
                 "acr": average_certified_radius(radius, correct),
+                **_samples(group),
                 **{radius_column(r): a for r, a in zip(radii, curve, strict=True)},
             }
         )
     best = {radius_column(r): a for r, a in zip(radii, best_over_sigma(curves), strict=True)}
     rows.append({"sigma": BEST, "images": rows[0]["images"], **best})
     return pd.DataFrame(rows)
+
+
+def _samples(group: pd.DataFrame) -> dict[str, float]:
+    """Estimation samples per image, and the saving against n_max, as far as the columns tell."""
+    if "n" not in group:
+        return {}
+    mean = float(group["n"].mean())
+    samples = {"mean_samples": mean, "median_samples": float(group["n"].median())}
+    if "n_max" in group:
+        samples["saving"] = float(group["n_max"].max()) / mean if mean > 0 else float("nan")
+    return samples
 
 
 def grid_units(step: float, name: str = "step") -> int:
@@ -141,13 +160,15 @@ def _scalar_metrics(table: pd.DataFrame) -> Iterator[tuple[str, str, float]]:
             yield "certified_accuracy", f"{curve}/{column}", float(row[column])
         if row["sigma"] != BEST:
             for column in PER_SIGMA_COLUMNS:
-                yield column, curve, float(row[column])
+                if column in row:
+                    yield column, curve, float(row[column])
 
 
 def flat_metrics(table: pd.DataFrame) -> dict[str, float]:
     """The summary table as flat metrics (for ``dvc metrics``): ``sigma_0.25/r_0.50``,
     ``best/r_0.50``, ``acr/sigma_0.25``, ``abstain_rate/sigma_0.25``,
-    ``clean_accuracy/sigma_0.25``."""
+    ``clean_accuracy/sigma_0.25`` and, if the table has them, ``mean_samples/sigma_0.25``,
+    ``median_samples/sigma_0.25``, ``saving/sigma_0.25``."""
     return {
         name if group == "certified_accuracy" else f"{group}/{name}": value
         for group, name, value in _scalar_metrics(table)
@@ -158,7 +179,8 @@ def metric_histories(table: pd.DataFrame, curve: pd.DataFrame) -> dict[str, Any]
     """Metrics for an MLflow run, as kedro-mlflow's MlflowMetricsHistoryDataset takes them.
 
     Scalars (step 0): ``certified_accuracy/sigma_0.25/r_0.50``, ``certified_accuracy/best/r_0.50``,
-    ``acr/sigma_0.25``, ``abstain_rate/...``, ``clean_accuracy/...``. Each curve is a history,
+    ``acr/sigma_0.25``, ``abstain_rate/...``, ``clean_accuracy/...`` and, if the table has them,
+    ``mean_samples/...``, ``median_samples/...``, ``saving/...``. Each curve is a history,
     ``certified_accuracy_curve/sigma_0.25`` (and ``/best``), whose step is the radius in units of
     RADIUS_UNIT (hundredths), so the MLflow UI draws it against the radius.
     """
@@ -178,6 +200,11 @@ def _percent(value: float) -> str:
     return "" if pd.isna(value) else f"{100 * value:.1f}"
 
 
+def _formatted(values: pd.Series, template: str) -> pd.Series:
+    """The numbers put into ``template`` (``str.format``), empty where missing."""
+    return values.map(lambda v: "" if pd.isna(v) else template.format(v))
+
+
 def markdown_report(
     table: pd.DataFrame, dataset: str, reference_points: Sequence[Mapping[str, Any]] = ()
 ) -> str:
@@ -187,17 +214,25 @@ def markdown_report(
         {
             "sigma": [f"**{s}**" if s == BEST else s for s in table["sigma"]],
             **{f"r = {c[2:]}": table[c].map(_percent) for c in radius_columns},
-            "ACR": table["acr"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}"),
+            "ACR": _formatted(table["acr"], "{:.3f}"),
             "abstain (%)": table["abstain_rate"].map(_percent),
             "clean (%)": table["clean_accuracy"].map(_percent),
         }
     )
+    note = ""
+    if "mean_samples" in table:
+        note = " Samples: estimation samples per image"
+        shown["samples (mean)"] = _formatted(table["mean_samples"], "{:,.0f}")
+        shown["samples (median)"] = _formatted(table["median_samples"], "{:,.0f}")
+    if "saving" in table:
+        note += "; saving: n_max over their mean, against fixed-n CERTIFY at n = n_max"
+        shown["saving"] = _formatted(table["saving"], "{:.1f}x")
     text = (
         f"# Certified accuracy: {dataset}\n\n"
         f"Certified accuracy (%) of the smoothed classifier at L2 radius r, in [0, 1] pixel units, "
         f"on {int(table['images'].iloc[0])} test images; **best** is the best over sigma at each "
         "radius. ACR: average certified radius. Clean: the smoothed classifier's accuracy "
-        "(abstentions count as errors).\n\n" + _to_markdown(shown)
+        f"(abstentions count as errors).{note + '.' if note else ''}\n\n" + _to_markdown(shown)
     )
     if reference_points:
         radii = sorted({float(r) for point in reference_points for r in point["radii"]})

@@ -2,6 +2,7 @@
 logs and certified-accuracy curves."""
 
 from dmae_pipeline.smoothing.bounds import lower_confidence_bound
+from dmae_pipeline.smoothing.compiled import CompiledClassifier
 from dmae_pipeline.smoothing.core import NOISE_LAYOUT, Certificate, SequentialItem, Smooth
 from dmae_pipeline.smoothing.curves import (
     average_certified_radius,
@@ -10,9 +11,12 @@ from dmae_pipeline.smoothing.curves import (
 )
 from dmae_pipeline.smoothing.log import (
     LOG_COLUMNS,
+    IncompleteCertificationError,
     certify_dataset,
     image_seed,
+    log_files,
     merge_logs,
+    merge_shard_logs,
     read_log,
     shard_indices,
 )
@@ -23,6 +27,8 @@ __all__ = [
     "NOISE_LAYOUT",
     "SEQUENTIAL_TEST",
     "Certificate",
+    "CompiledClassifier",
+    "IncompleteCertificationError",
     "SequentialItem",
     "SequentialTest",
     "Smooth",
@@ -31,8 +37,10 @@ __all__ = [
     "certified_accuracy",
     "certify_dataset",
     "image_seed",
+    "log_files",
     "lower_confidence_bound",
     "merge_logs",
+    "merge_shard_logs",
     "read_log",
     "shard_indices",
 ]

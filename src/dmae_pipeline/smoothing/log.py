@@ -1,11 +1,17 @@
 """Per-image certification logs: Cohen et al.'s tab-separated format, resumable and shardable.
 
-A log starts with the header ``idx label predict radius correct time nA n pA_lower`` (Cohen's six
-columns, then the estimation count, the number of estimation samples and the lower bound on pA),
-then one row per image, appended and flushed as soon as the image is certified. ``time`` is in
-seconds. The noise of image ``idx`` comes from a generator seeded with
-``image_seed(base_seed, idx)``, so a row does not depend on which other images ran before it, in
-which process, or whether the run was interrupted.
+A log starts with the header ``idx label predict radius correct time nA n pA_lower n_max
+estimation``: Cohen's six columns, then the estimation count, the estimation samples drawn, the
+lower bound on pA, the most estimation samples allowed, and how estimation went: ``fixed``
+(CERTIFY, n = n_max), ``sequential`` (sequential CERTIFY, stopped at a look of its test after n
+<= n_max samples) or ``skipped`` (sequential CERTIFY stopped at selection because c_hat was not the
+label: n = 0, and the image counts as not certified). Then one row per image, appended and
+flushed as soon as the image is certified; sequential CERTIFY writes rows in the order images
+finish, not in index order. ``time`` is the seconds since the previous row (or the start): the
+image's own time for fixed CERTIFY; sequential CERTIFY's images share forward passes, and the
+column adds up to the run's time. The noise of image ``idx`` comes from a generator seeded with
+``image_seed(base_seed, idx)``, so a row does not depend on which other images ran before it or
+beside it, in which process, or whether the run was interrupted.
 
 A log is read back as columns: ``{column name: numpy array}``, rows in file order. One process
 at a time writes a log: a lock file beside it (``.<name>.lock``) keeps a second run out.
@@ -13,9 +19,11 @@ at a time writes a log: a lock file beside it (``.<name>.lock``) keeps a second 
 
 from __future__ import annotations
 
+import glob
+import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +34,27 @@ from tqdm.auto import tqdm
 from dmae_pipeline.io import atomic_write, exclusive_lock
 from dmae_pipeline.smoothing.bounds import check_alpha, lower_confidence_bound
 from dmae_pipeline.smoothing.core import Certificate, Smooth
+from dmae_pipeline.smoothing.sequential import SequentialTest
 
-LOG_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "nA", "n", "pA_lower")
+LOG_COLUMNS = (
+    "idx", "label", "predict", "radius", "correct", "time", "nA", "n", "pA_lower", "n_max",
+    "estimation",
+)  # fmt: skip
 COHEN_COLUMNS = LOG_COLUMNS[:6]
-_INT_COLUMNS = ("idx", "label", "predict", "correct", "nA", "n")
+FIXED, SEQUENTIAL, SKIPPED = "fixed", "sequential", "skipped"
+"""The values of the ``estimation`` column."""
+_INT_COLUMNS = ("idx", "label", "predict", "correct", "nA", "n", "n_max")
 _FLOAT_COLUMNS = ("radius", "pA_lower")
+_TEXT_COLUMNS = ("estimation",)
 
 Log = dict[str, np.ndarray]
 """A certification log as columns: name -> array, one entry per row."""
+
+logger = logging.getLogger(__name__)
+
+
+class IncompleteCertificationError(ValueError):
+    """The logs lack images that they should hold."""
 
 
 def image_seed(base_seed: int, idx: int) -> int:
@@ -70,17 +91,15 @@ def shard_indices(
 
 def _format_row(values: Sequence) -> str:
     """One log line; floats as their shortest exact repr so a log read back writes back the same."""
-    idx, label, predict, radius, correct, seconds, n_a, n, p_a_lower = values
-    fields = (
-        *(str(int(v)) for v in (idx, label, predict)),
-        repr(float(radius)),
-        str(int(correct)),
-        f"{float(seconds):.4f}",
-        str(int(n_a)),
-        str(int(n)),
-        repr(float(p_a_lower)),
-    )
-    return "\t".join(fields) + "\n"
+    return "\t".join(_FORMAT[name](v) for name, v in zip(LOG_COLUMNS, values, strict=True)) + "\n"
+
+
+_FORMAT = {
+    **dict.fromkeys(_INT_COLUMNS, lambda v: str(int(v))),
+    **dict.fromkeys(_FLOAT_COLUMNS, lambda v: repr(float(v))),
+    **dict.fromkeys(_TEXT_COLUMNS, str),
+    "time": lambda v: f"{float(v):.4f}",
+}
 
 
 def _complete_text(path: Path) -> str:
@@ -96,6 +115,8 @@ def _column(name: str, cells: list[str]) -> np.ndarray:
         return np.array([int(c) for c in cells], dtype=np.int64)
     if name in _FLOAT_COLUMNS:
         return np.array([float(c) for c in cells], dtype=np.float64)
+    if name in _TEXT_COLUMNS:
+        return np.array(cells, dtype=str)
     try:  # time: seconds here, a timedelta string in Cohen et al.'s logs
         return np.array([float(c) for c in cells], dtype=np.float64)
     except ValueError:
@@ -131,6 +152,12 @@ def read_log(path: str | Path) -> Log:
     return _parse(text, path)
 
 
+def log_files(prefix: str | Path) -> list[Path]:
+    """The logs (``*.tsv``) in ``prefix``'s folder whose names start with its name, sorted."""
+    prefix = Path(prefix)
+    return sorted(prefix.parent.glob(f"{glob.escape(prefix.name)}*.tsv"))
+
+
 def _rows(log: Log) -> list[tuple]:
     return list(zip(*(log[c].tolist() for c in LOG_COLUMNS), strict=True))
 
@@ -145,22 +172,54 @@ def _check_full_log(log: Log, path: str | Path) -> None:
         raise ValueError(f"{path} has columns {list(log)}, expected {list(LOG_COLUMNS)}")
 
 
-def _check_settings(log: Log, path: Path, n: int, alpha: float, sigma: float) -> None:
-    """Refuse a log whose rows were made with another n, alpha or sigma: the rows record n, and
-    pA_lower (the bound on nA out of n) and radius (sigma * Phi^-1(pA_lower)) pin the other two."""
-    other_n = sorted(set(log["n"].tolist()) - {n})
+def _check_settings(
+    log: Log,
+    path: Path,
+    n: int,
+    alpha: float,
+    sigma: float,
+    test: SequentialTest | None,
+    stop_at_selection: bool,
+) -> None:
+    """Refuse a log whose rows were made with other settings: the rows record how estimation
+    went, n_max and n; pA_lower (the bound on nA out of n: Clopper-Pearson's at alpha, or the
+    sequential test's) and radius (sigma * Phi^-1(pA_lower)) pin alpha, the test and sigma."""
+    kinds = (
+        {FIXED} if test is None else {SEQUENTIAL, SKIPPED} if stop_at_selection else {SEQUENTIAL}
+    )
+    other = sorted(set(log["estimation"].tolist()) - kinds)
+    if other:
+        raise ValueError(
+            f"{path} holds rows of {' and '.join(other)} estimation, but this run writes "
+            f"{' and '.join(sorted(kinds))} rows"
+        )
+    other_n = sorted(set(log["n_max"].tolist()) - {n})
     if other_n:
         raise ValueError(f"{path} holds rows certified with n={other_n}, not n={n}")
-    bounds = lower_confidence_bound(log["nA"], log["n"], alpha)
-    if not np.allclose(log["pA_lower"], bounds, rtol=1e-9, atol=0):
-        raise ValueError(f"{path} holds rows certified with another alpha than {alpha}")
+    estimated = log["estimation"] != SKIPPED
+    n_a, drawn = log["nA"][estimated], log["n"][estimated]
+    if test is None:
+        settings, off = f"alpha than {alpha}", drawn != n
+        bounds = lower_confidence_bound(n_a, drawn, alpha)
+    else:
+        settings = f"alpha or radii than {alpha} and {test.radii.tolist()}"
+        off, bounds = ~np.isin(drawn, test.looks), test.lower(n_a, drawn)
+    if off.any() or not np.allclose(log["pA_lower"][estimated], bounds, rtol=1e-9, atol=0):
+        raise ValueError(f"{path} holds rows certified with another {settings}")
     certified = log["predict"] != Smooth.ABSTAIN
     radii = sigma * norm.ppf(log["pA_lower"][certified])
     if not np.allclose(log["radius"][certified], radii, rtol=1e-9, atol=0):
         raise ValueError(f"{path} holds rows certified with another sigma than {sigma}")
 
 
-def _open_for_append(path: Path, n: int, alpha: float, sigma: float) -> set[int]:
+def _open_for_append(
+    path: Path,
+    n: int,
+    alpha: float,
+    sigma: float,
+    test: SequentialTest | None,
+    stop_at_selection: bool,
+) -> set[int]:
     """Create the log with its header, or drop a half-written last row of an existing one.
 
     Returns the indices it already holds; refuses a log made with other settings.
@@ -174,7 +233,7 @@ def _open_for_append(path: Path, n: int, alpha: float, sigma: float) -> set[int]
         raise ValueError(f"{path} has no complete header line; delete it to start over")
     log = _parse(text, path)
     _check_full_log(log, path)
-    _check_settings(log, path, n, alpha, sigma)
+    _check_settings(log, path, n, alpha, sigma, test, stop_at_selection)
     if len(text) < path.stat().st_size:
         with open(path, "r+") as f:
             f.truncate(len(text.encode()))
@@ -203,27 +262,40 @@ def certify_dataset(
     log_path: str | Path,
     base_seed: int,
     *,
+    radii: Sequence[float] | None = None,
+    stop_at_selection: bool = False,
+    others: Iterable[str | Path] = (),
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> Log:
     """CERTIFY each image ``dataset[idx]`` for ``idx`` in ``indices``, appending one row per image.
 
-    Indices already in the log are skipped, so rerunning a killed run with the same arguments
-    finishes it, and the file then equals an uninterrupted run's (up to the ``time`` column). A log
-    made with another n, alpha or sigma is refused; n0 and base_seed leave no trace in the rows, so
-    name the file after them. While it runs, a second process certifying into the same log stops
-    at once with a :class:`~dmae_pipeline.io.LockedError`.
+    Fixed-n CERTIFY (``Smooth.certify_detailed``) by default; given ``radii``, sequential CERTIFY
+    with ``n`` as n_max, the noisy samples of several images sharing full forward batches
+    (``Smooth.certify_many``). Indices already in the log are skipped, so rerunning a killed run
+    with the same arguments finishes it, and the file then holds an uninterrupted run's rows (up
+    to the ``time`` column; sequential rows maybe in another order). So are the images of the logs
+    ``others`` (other processes' shares of the same settings, or an earlier split of the images).
+    A log made with another kind of estimation, n, alpha, radii or sigma is refused; n0 and
+    base_seed leave no trace in the rows, so name the file after them. While it runs, a second
+    process certifying into the same log stops at once with a
+    :class:`~dmae_pipeline.io.LockedError`.
 
     :param smooth: the smoothed classifier
     :param dataset: indexable; ``dataset[idx]`` is (image [C, H, W] in [0, 1], label)
     :param indices: the dataset indices to certify (e.g. from ``shard_indices``)
     :param n0: the number of Monte Carlo samples to use for selection
-    :param n: the number of Monte Carlo samples to use for estimation
+    :param n: the number of Monte Carlo samples to use for estimation (sequential: the most)
     :param alpha: the failure probability
     :param batch_size: batch size to use when evaluating the base classifier
     :param log_path: the TSV log, created if missing
     :param base_seed: image ``idx``'s noise comes from a generator seeded with
                       ``image_seed(base_seed, idx)``
+    :param radii: None: fixed-n CERTIFY; else sequential CERTIFY, stopping each image once its
+                  certificate at each of these radii is settled (see ``SequentialTest``)
+    :param stop_at_selection: sequential only: skip estimation, and count the image as not
+                              certified, when selection's c_hat is not the label
+    :param others: logs whose images are skipped too (``log_path`` among them is ignored)
     :param device: where the images go; None: the model's device
     :param progress: show a progress bar with images/s and noisy samples/s
     :return: the whole log, as ``read_log`` gives it
@@ -234,50 +306,84 @@ def certify_dataset(
     out_of_range = [i for i in indices if not 0 <= i < len(dataset)]
     if out_of_range:
         raise ValueError(f"indices {out_of_range[:5]} are outside the dataset of {len(dataset)}")
+    if stop_at_selection and radii is None:
+        raise ValueError("stop_at_selection applies to sequential CERTIFY only: give radii")
     image_seed(base_seed, 0)  # checks base_seed before any work
+    alpha = check_alpha(alpha)
+    test = None if radii is None else SequentialTest(n, alpha, smooth.sigma, radii)
     device = torch.device(device) if device is not None else _model_device(smooth.model)
     log_path = Path(log_path)
+    others = [Path(p) for p in others if Path(p).resolve() != log_path.resolve()]
     with exclusive_lock(lock_path(log_path), f"the certification log {log_path}"):
-        _certify_into(smooth, dataset, indices, n0, n, alpha, batch_size, log_path, base_seed,
-                      device, progress)  # fmt: skip
+        done = _open_for_append(log_path, n, alpha, smooth.sigma, test, stop_at_selection)
+        done |= {idx for path in others for idx in read_log(path)["idx"].tolist()}
+        pending = [i for i in indices if i not in done]
+        logger.info(
+            "Certifying %d images (%s CERTIFY, sigma %g), %d done before, into %s",
+            *(len(pending), "fixed-n" if test is None else "sequential", smooth.sigma),
+            *(len(indices) - len(pending), log_path),
+        )
+        certificates = _certificates(
+            smooth, dataset, pending, n0, n, alpha, batch_size, radii, stop_at_selection,
+            base_seed, device,
+        )  # fmt: skip
+        _append(log_path, certificates, n0, n, test is None, len(pending), progress)
     return read_log(log_path)
 
 
-def _certify_into(
+def _certificates(
     smooth: Smooth,
     dataset,
-    indices: list[int],
+    pending: list[int],
     n0: int,
     n: int,
     alpha: float,
     batch_size: int,
-    log_path: Path,
+    radii: Sequence[float] | None,
+    stop_at_selection: bool,
     base_seed: int,
     device: torch.device,
+) -> Iterator[tuple[tuple[int, int], Certificate]]:
+    """``((idx, label), certificate)`` of each pending image, as soon as it is done."""
+
+    def inputs():
+        for idx in pending:
+            image, label = dataset[idx]
+            generator = torch.Generator(device=device).manual_seed(image_seed(base_seed, idx))
+            yield (idx, int(label)), image.to(device), generator
+
+    if radii is None:
+        for key, x, generator in inputs():
+            yield key, smooth.certify_detailed(x, n0, n, alpha, batch_size, generator)
+    else:
+        items = ((key, x, g, key[1] if stop_at_selection else None) for key, x, g in inputs())
+        yield from smooth.certify_many(items, n0, n, alpha, batch_size, radii)
+
+
+def _append(
+    log_path: Path,
+    certificates: Iterable[tuple[tuple[int, int], Certificate]],
+    n0: int,
+    n: int,
+    fixed: bool,
+    total: int,
     progress: bool,
 ) -> None:
-    done = _open_for_append(log_path, n, check_alpha(alpha), smooth.sigma)
-    pending = [i for i in indices if i not in done]
-    bar = tqdm(total=len(pending), unit="img", desc=log_path.name, disable=not progress)
-    started = time.perf_counter()
+    """Append each ((idx, label), certificate) to the log as a row as soon as it comes."""
+    bar = tqdm(total=total, unit="img", desc=log_path.name, disable=not progress)
+    samples, started = 0, time.perf_counter()
+    last = started
     with bar, open(log_path, "a") as log:
-        for count, idx in enumerate(pending, start=1):
-            image, label = dataset[idx]
-            label = int(label)
-            generator = torch.Generator(device=device).manual_seed(image_seed(base_seed, idx))
-            before = time.perf_counter()
-            cert: Certificate = smooth.certify_detailed(
-                image.to(device), n0, n, alpha, batch_size, generator
-            )
-            seconds = time.perf_counter() - before
-            correct = cert.prediction == label
-            row = (idx, label, cert.prediction, cert.radius, correct, seconds)
-            log.write(_format_row((*row, cert.n_a, n, cert.p_a_lower)))
+        for (idx, label), cert in certificates:
+            now = time.perf_counter()
+            estimation = FIXED if fixed else SKIPPED if cert.n == 0 else SEQUENTIAL
+            row = (idx, label, cert.prediction, cert.radius, cert.prediction == label, now - last)
+            log.write(_format_row((*row, cert.n_a, cert.n, cert.p_a_lower, n, estimation)))
             log.flush()
             os.fsync(log.fileno())
+            last, samples = now, samples + n0 + cert.n
             bar.update()
-            elapsed = time.perf_counter() - started
-            bar.set_postfix(samples_per_s=f"{count * (n0 + n) / elapsed:.4g}")
+            bar.set_postfix(samples_per_s=f"{samples / (now - started):.4g}")
 
 
 def merge_logs(paths: Iterable[str | Path], out_path: str | Path | None = None) -> Log:
@@ -285,8 +391,8 @@ def merge_logs(paths: Iterable[str | Path], out_path: str | Path | None = None) 
     given.
 
     A row repeated with the same certificate (every column but ``time`` equal, as two runs of the
-    same settings write it) is kept once. Refuses shards that disagree about an image or were
-    certified with different ``n``.
+    same settings write it) is kept once. Refuses logs that disagree about an image, mix fixed and
+    sequential estimation, or were certified with different ``n_max``.
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -305,12 +411,36 @@ def merge_logs(paths: Iterable[str | Path], out_path: str | Path | None = None) 
                 f"{_without_time(first)} and {_without_time(row)} (all columns but time)"
             )
     merged = {c: np.array([row[i] for row in kept.values()]) for i, c in enumerate(LOG_COLUMNS)}
-    if len(set(merged["n"].tolist())) > 1:
+    kinds = set(merged["estimation"].tolist())
+    if FIXED in kinds and len(kinds) > 1:
+        raise ValueError(f"the logs {[str(p) for p in paths]} mix fixed and sequential estimation")
+    if len(set(merged["n_max"].tolist())) > 1:
         raise ValueError(
-            f"the logs {[str(p) for p in paths]} mix n={sorted(set(merged['n'].tolist()))}"
+            f"the logs {[str(p) for p in paths]} mix n={sorted(set(merged['n_max'].tolist()))}"
         )
     if out_path is not None:
         with atomic_write(out_path, "w") as f:
             f.write("\t".join(LOG_COLUMNS) + "\n")
             f.writelines(_format_row(row) for row in kept.values())
     return merged
+
+
+def merge_shard_logs(paths: Iterable[str | Path], shards: Sequence[Collection[int]]) -> Log:
+    """The rows of the shards' images, sorted by ``idx``, from the logs at ``paths`` (joined as
+    ``merge_logs`` joins them; any split of the images over the logs will do).
+
+    :param paths: certification logs of one model and settings (none is allowed)
+    :param shards: the image indices of each shard (e.g. from ``shard_indices``)
+    :raises IncompleteCertificationError: naming every shard whose images the logs lack
+    """
+    paths = list(paths)
+    log = merge_logs(paths) if paths else {c: _column(c, []) for c in LOG_COLUMNS}
+    done = set(log["idx"].tolist())
+    lacking = [(i, len(set(shard) - done), len(shard)) for i, shard in enumerate(shards)]
+    detail = [f"shard {i} lacks {m} of {size}" for i, m, size in lacking if m]
+    if detail:
+        raise IncompleteCertificationError(
+            f"the certification of {len(shards)} shard(s) is incomplete ({', '.join(detail)})"
+        )
+    selected = np.isin(log["idx"], [idx for shard in shards for idx in shard])
+    return {column: values[selected] for column, values in log.items()}

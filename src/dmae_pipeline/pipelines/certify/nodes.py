@@ -1,39 +1,43 @@
 """Nodes of the certify pipeline; the work is in ``dmae_pipeline.smoothing``.
 
-The model of each configured sigma (``finetune.sigmas``; other partitions on disk are left alone)
-certifies the selected test images (every ``skip``-th, at most ``max_images``), or one shard of
-them, appending one row per image to a tab-separated log in ``log_dir``. A log's name carries a
-fingerprint of everything its rows depend on (the model's weights, the test data, sigma, n0, n,
-alpha, the seed, the noise layout, the device type and autocast), so a rerun resumes only a log
-made with the same things, and a retrained model never reuses stale rows.
+Each configured sigma's model (``finetune.sigmas``; other partitions on disk are left alone)
+certifies its share of the selected test images into a log in ``log_dir``, named after the shard,
+the process (under torchrun) and a fingerprint of everything the rows depend on: the model's
+weights, the test data, sigma, the mode, n0, n, alpha, the seed, the noise layout, the device type
+and autocast, and in sequential mode the sequential test, the radii and ``stop_at_selection``. A
+rerun resumes only logs of the same fingerprint, and the merge reads all of them, however the
+images were split. ``batch_size`` and ``compile`` are left out: they change how forward passes
+are scheduled, not what they compute (up to floating-point rounding, which may flip a near-tie).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from dmae_pipeline import distributed
 from dmae_pipeline.data import SplitDataset, build_transform
 from dmae_pipeline.io import state_digest
 from dmae_pipeline.models import load_classifier
-from dmae_pipeline.params import CertifyParams, FinetuneParams
+from dmae_pipeline.params import CertifyParams, FinetuneParams, ReportParams
 from dmae_pipeline.reporting.names import sigma_label
 from dmae_pipeline.smoothing import (
     NOISE_LAYOUT,
+    SEQUENTIAL_TEST,
+    CompiledClassifier,
+    IncompleteCertificationError,
     Smooth,
     certify_dataset,
-    merge_logs,
+    log_files,
+    merge_shard_logs,
     shard_indices,
 )
 from dmae_pipeline.training import autocast_dtype, resolve_device
-
-logger = logging.getLogger(__name__)
 
 
 def certify_test_split(
@@ -42,11 +46,13 @@ def certify_test_split(
     dataset_spec: Mapping[str, Any],
     finetune: FinetuneParams,
     certify: CertifyParams,
+    report: ReportParams,
 ) -> dict[str, dict[str, Any]]:
-    """CERTIFY this shard of the selected test images with the model of every configured sigma.
+    """CERTIFY this shard of the selected test images with the model of every configured sigma,
+    this process's share of them under torchrun; every process waits for the others at the end.
 
-    Returns, per model, its sigma and the log and image indices of every shard, for
-    ``merge_certification_logs``.
+    Returns, per model, its sigma, the path prefix of its logs and the image indices of every
+    shard, for ``merge_certification_logs``.
     """
     names = [sigma_label(sigma) for sigma in finetune.sigmas]
     missing = [name for name in names if name not in finetuned_models]
@@ -62,15 +68,16 @@ def certify_test_split(
     ]
     device = resolve_device(certify.device)
     dtype = autocast_dtype(certify.autocast, device)
+    radii = report.radii if certify.mode == "sequential" else None
     settings = {
-        **certify.model_dump(include={"n0", "n", "alpha", "seed"}),
+        **certify.model_dump(include={"mode", "n0", "n", "alpha", "seed", "stop_at_selection"}),
+        **({"test": SEQUENTIAL_TEST, "radii": radii} if radii else {}),
         "noise": NOISE_LAYOUT,
         "device": device.type,
         "autocast": str(dtype),
         "spec": dict(dataset_spec),
     }
     models, plan = {}, {}
-    log_dir, k = Path(certify.log_dir), certify.num_shards
     for name in names:  # every model is checked before any work
         checkpoint = finetuned_models[name]()
         models[name] = load_classifier(
@@ -79,36 +86,34 @@ def certify_test_split(
             num_classes=dataset_spec["num_classes"],
             in_chans=dataset_spec["channels"],
         )
-        fingerprint = _fingerprint(checkpoint, test_split, settings)
+        prefix = f"{name}-{_fingerprint(checkpoint, test_split, settings)}-"
         plan[name] = {
             "sigma": float(checkpoint["sigma"]),
-            "shards": [
-                {"log": str(log_dir / f"{name}-{fingerprint}-shard_{i}_of_{k}.tsv"), "indices": s}
-                for i, s in enumerate(shards)
-            ],
+            "prefix": str(Path(certify.log_dir) / prefix),
+            "shards": shards,
         }
 
+    rank, world = distributed.rank(), distributed.world_size()
+    part = f"shard_{certify.shard_index}_of_{certify.num_shards}"
+    part += f"-rank_{rank}_of_{world}" if world > 1 else ""
+    # static shapes for torch.compile: full batches, and fixed-n selection's
+    lengths = [certify.batch_size, *([] if radii else [min(certify.n0, certify.batch_size)])]
     for name, model in models.items():
-        shard, sigma = plan[name]["shards"][certify.shard_index], plan[name]["sigma"]
-        logger.info(
-            "Certifying %s on %d test images (shard %d of %d) on %s; log %s",
-            *(name, len(shard["indices"]), certify.shard_index, certify.num_shards, device),
-            shard["log"],
-        )
-        smooth = Smooth(model.to(device), dataset_spec["num_classes"], sigma, autocast_dtype=dtype)
+        log, sigma = f"{plan[name]['prefix']}{part}.tsv", plan[name]["sigma"]
+        base = CompiledClassifier(model, lengths) if certify.compile else model
+        smooth = Smooth(base.to(device), dataset_spec["num_classes"], sigma, autocast_dtype=dtype)
+        share = shards[certify.shard_index][rank::world]
+        args = (certify.n0, certify.n, certify.alpha, certify.batch_size, log, certify.seed)
         certify_dataset(
-            smooth,
-            dataset,
-            shard["indices"],
-            certify.n0,
-            certify.n,
-            certify.alpha,
-            certify.batch_size,
-            shard["log"],
-            certify.seed,
+            *(smooth, dataset, share, *args),
+            radii=radii,
+            stop_at_selection=certify.stop_at_selection,
+            others=log_files(plan[name]["prefix"]),
             device=device,
+            progress=distributed.is_main(),
         )
         model.cpu()
+    distributed.barrier()
     return plan
 
 
@@ -131,42 +136,25 @@ def _fingerprint(
 
 
 def merge_certification_logs(certification_logs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """Join every model's shard logs into one table with a ``sigma`` column, sorted by sigma
-    then idx, keeping only the selected images.
+    """Join every model's logs into one table with a ``sigma`` column, sorted by sigma then idx,
+    keeping only the selected images.
 
-    Refuses, naming the shards, while a shard's log is missing or incomplete (shards certified on
-    other machines: copy their logs into the log folder and run the certify pipeline again).
+    Refuses, naming the shards, while the logs lack images of a shard (shards certified on other
+    machines: copy their logs into the log folder and run the certify pipeline again).
     """
     tables = []
     for name, entry in certification_logs.items():
-        shards = entry["shards"]
-        count = len(shards)
-        absent = [i for i, shard in enumerate(shards) if not Path(shard["log"]).is_file()]
-        if absent:
-            raise FileNotFoundError(
-                f"{name}: no log for shard(s) {absent} of {count} "
-                f"({[shards[i]['log'] for i in absent]}); certify them with "
-                f"certify.shard_index=<shard> certify.num_shards={count}, or copy their logs "
-                "there from the machines that ran them, then run the certify pipeline again"
-            )
-        log = pd.DataFrame(merge_logs(shard["log"] for shard in shards))
-        done = set(log["idx"].tolist())
-        lacking = {
-            i: len(set(shard["indices"]) - done)
-            for i, shard in enumerate(shards)
-            if not set(shard["indices"]) <= done
-        }
-        if lacking:
-            detail = ", ".join(
-                f"shard {i} lacks {m} of {len(shards[i]['indices'])}" for i, m in lacking.items()
-            )
-            raise ValueError(
-                f"{name}: the certification of {count} shard(s) is incomplete ({detail}); finish "
-                f"them with certify.shard_index=<shard> certify.num_shards={count} (a rerun "
-                "resumes), or copy their complete logs there, then run the certify pipeline again"
-            )
-        selected = {idx for shard in shards for idx in shard["indices"]}
-        log = log[log["idx"].isin(selected)]
-        tables.append(log.assign(sigma=entry["sigma"])[["sigma", *log.columns]])
+        count = len(entry["shards"])
+        try:
+            log = merge_shard_logs(log_files(entry["prefix"]), entry["shards"])
+        except IncompleteCertificationError as e:
+            raise IncompleteCertificationError(
+                f"{name}: {e}; certify them with certify.shard_index=<shard> "
+                f"certify.num_shards={count} (a rerun resumes), or copy their logs into "
+                f"{Path(entry['prefix']).parent} from the machines that ran them, then run the "
+                "certify pipeline again"
+            ) from None
+        table = pd.DataFrame(log)
+        tables.append(table.assign(sigma=entry["sigma"])[["sigma", *table.columns]])
     results = pd.concat(tables, ignore_index=True)
     return results.sort_values(["sigma", "idx"], kind="stable").reset_index(drop=True)

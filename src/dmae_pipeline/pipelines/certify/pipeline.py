@@ -1,6 +1,6 @@
 """certify: finetuned_models (the models of finetune.sigmas), test_split, dataset_spec,
-params:certify -> per-image logs in certify.log_dir -> certification_results (one table, all
-sigmas)."""
+params:certify (and the radii of params:report, which sequential mode settles) -> per-image logs
+in certify.log_dir -> certification_results (one table, all sigmas)."""
 
 from kedro.pipeline import Pipeline, node
 
@@ -18,6 +18,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "dataset_spec",
                     "params:finetune",
                     "params:certify",
+                    "params:report",
                 ],
                 outputs="certification_logs",
                 name="certify_test_split",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from dmae_pipeline import distributed
 from dmae_pipeline.data import prepare
 from dmae_pipeline.params import DataPrepParams
 
@@ -12,7 +13,8 @@ logger = logging.getLogger(__name__)
 
 def prepare_dataset(data_prep: DataPrepParams) -> tuple[dict, dict, dict, dict]:
     """Read the source and split it: the dataset spec and the train, validation and test splits."""
-    spec, splits = prepare(**data_prep.prepare_args())
+    with distributed.main_first():  # under torchrun a download (data_prep.download) happens once
+        spec, splits = prepare(**data_prep.prepare_args())
     logger.info(
         "Prepared %s (%s): %d classes at %dx%d, splits %s",
         spec["name"],
