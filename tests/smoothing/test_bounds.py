@@ -51,6 +51,7 @@ def test_largest_certifiable_radius_matches_paper(n, ratio):
     ("n_a", "n", "alpha", "match"),
     [
         (5, 0, 0.05, "n >= 1"),
+        (0, 0, 0.05, "n >= 1"),  # n_a <= n holds: only the n >= 1 check refuses it
         (-1, 10, 0.05, "0 <= n_a"),
         (11, 10, 0.05, "n_a <= n"),
         (5, 10, 0.0, "alpha"),

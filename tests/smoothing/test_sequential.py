@@ -37,6 +37,30 @@ def test_looks_are_fixed_sample_counts_ending_at_n_max():
     assert SequentialTest(500, 0.001, SIGMA, [1.0]).looks == (500,)
 
 
+def test_look_schedule_and_alpha_spending_on_small_cases():
+    """K' = geometric looks below n_max + one per radius + n_max. Radius 3.0 (Phi(12) is 1.0 in
+    float64) can never be proven and adds no look."""
+    test = SequentialTest(1500, 0.001, SIGMA, [3.0])
+    assert test.looks == (1000, 1500) and test.alpha_look == 0.001 / 3
+    # n_max on the first geometric look: that look is n_max, not one more geometric look
+    test = SequentialTest(1000, 0.001, SIGMA, [3.0, 1.0])
+    assert test.looks == (1000,) and test.alpha_look == 0.001 / 3
+    # one sample is a valid n_max
+    assert SequentialTest(1, 0.001, SIGMA, [0.25]).looks == (1,)
+
+
+def test_a_radius_exactly_at_a_bound_is_settled_as_a_certificate_reads_it():
+    """A certificate covers r when its radius is >= r: a radius equal to the proven one is proven,
+    and one equal to the upper bound's is still open (pA may be exactly Phi(r / sigma))."""
+    n_a, n, alpha = 960, 1000, 0.001
+    one_radius = SequentialTest(100_000, alpha, SIGMA, [0.0])  # alpha_look depends on the count
+    proven = SIGMA * norm.ppf(one_radius.lower(n_a, n))
+    below = SIGMA * norm.ppf(one_radius.upper(n_a, n))
+    assert 0 < proven < below
+    assert SequentialTest(100_000, alpha, SIGMA, [proven]).settled(n_a, n)
+    assert not SequentialTest(100_000, alpha, SIGMA, [below]).settled(n_a, n)
+
+
 def test_settled_stops_when_every_radius_is_proven_disproven_or_out_of_reach():
     test = SequentialTest(100_000, 0.001, SIGMA, RADII)
     t = norm.cdf(np.array(RADII) / SIGMA)
@@ -70,6 +94,9 @@ def test_settled_stops_when_every_radius_is_proven_disproven_or_out_of_reach():
     ("kwargs", "match"),
     [
         ({"n_max": 0}, "n_max"),
+        ({"n_max": True}, "n_max"),
+        ({"n_max": 1000.5}, "n_max"),
+        ({"radii": [None]}, "radii"),
         ({"radii": []}, "radii"),
         ({"radii": [-0.5]}, "radii"),
         ({"alpha": 1.0}, "alpha"),
@@ -172,6 +199,44 @@ def test_pool_certificates_equal_single_ones_whatever_the_batch_size(labels, mon
             stopped == {i for i, c in alone.items() if c.c_hat != i % 2} and 0 < len(stopped) < 12
         )
         assert all(alone[i].prediction == Smooth.ABSTAIN for i in stopped)
+
+
+def test_an_input_stopped_at_selection_gets_the_abstain_certificate():
+    smooth = Smooth(ConstantModel(3, 2), 3, sigma=SIGMA, seed=0)
+    cert = smooth.certify_sequential(torch.rand(4), 10, 1000, 0.01, 64, RADII, label=1)
+    assert cert == core.Certificate(Smooth.ABSTAIN, 0.0, 2, 0, 0, 0.0)
+
+
+def test_inputs_stopped_together_never_cost_an_empty_batch():
+    """Two inputs finish selection in one batch, the first stopped there by its label: the second
+    goes on at once, and the model never sees an empty batch."""
+    model = Recorder(ConstantModel(3, 2))
+    smooth = Smooth(model, 3, sigma=SIGMA)
+    items = [(i, torch.rand(4), torch.Generator().manual_seed(i), 1 + i) for i in range(2)]
+    certs = dict(smooth.certify_many(items, 10, 100, 0.01, 20, [0.1]))
+    assert certs[0].n == 0 and certs[1].n > 0 and certs[1].prediction == 2
+    assert min(len(batch) for batch in model.inputs) > 0
+
+
+def test_inputs_are_taken_only_as_needed():
+    """A batch that one input's selection fills takes no second input."""
+    taken = []
+
+    def items():
+        for i in range(3):
+            taken.append(i)
+            yield i, torch.rand(4), torch.Generator().manual_seed(i)
+
+    taken_at_call = []
+
+    class Probe(ConstantModel):
+        def forward(self, x):
+            taken_at_call.append(len(taken))
+            return super().forward(x)
+
+    smooth = Smooth(Probe(3, 0), 3, sigma=SIGMA)
+    assert len(list(smooth.certify_many(items(), 20, 100, 0.01, 20, [0.1]))) == 3
+    assert taken_at_call[0] == 1
 
 
 class Watched(Recorder):

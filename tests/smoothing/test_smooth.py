@@ -67,6 +67,41 @@ def test_certify_abstains_when_the_bound_is_below_one_half():
     assert cert.prediction == Smooth.ABSTAIN and cert.radius == 0.0 and cert.p_a_lower < 0.5
 
 
+def test_a_bound_of_exactly_one_half_certifies_radius_zero(monkeypatch):
+    """Cohen et al. abstain only when pA_lower < 1/2; at 1/2 the radius is sigma * Phi^-1(1/2) = 0."""
+    monkeypatch.setattr(core, "lower_confidence_bound", lambda n_a, n, alpha: 0.5)
+    smooth = Smooth(ConstantModel(3, 2), 3, sigma=0.5, seed=0)
+    assert smooth.certify(torch.rand(2, 2), 10, 10, 0.05, batch_size=10) == (2, 0.0)
+
+
+def test_predict_answers_when_the_p_value_equals_alpha():
+    """Abstain only if the p-value exceeds alpha: 10 of 10 votes have p = 2 / 2**10 exactly."""
+    alpha = binomtest(10, 10, p=0.5).pvalue
+    assert alpha == 2 / 2**10
+    constant = Smooth(ConstantModel(3, 1), 3, sigma=0.25, seed=0)
+    assert constant.predict(torch.rand(4), 10, alpha, batch_size=10) == 1
+    assert constant.predict(torch.rand(4), 10, alpha * 0.999, batch_size=10) == Smooth.ABSTAIN
+
+
+@pytest.mark.parametrize("method", ["predict", "certify"])
+def test_a_given_generator_is_the_only_noise_source(method):
+    """predict and certify draw from the generator they are given, not from the Smooth's own
+    seeded one nor from torch's global one: the same seed gives the same samples."""
+    x = torch.linspace(0, 1, 16).reshape(1, 4, 4)
+    seen = []
+    for own_seed in (1, 2):
+        recorder = Recorder(LinearModel(16, 4))
+        smooth = Smooth(recorder, 4, sigma=0.25, seed=own_seed)
+        args = (x, 50, 0.01, 32) if method == "predict" else (x, 10, 40, 0.01, 32)
+        getattr(smooth, method)(*args, generator=torch.Generator().manual_seed(5))
+        seen.append(recorder.seen())
+    assert torch.equal(seen[0], seen[1])
+    reference = torch.empty(len(seen[0]), *x.shape).normal_(
+        0, 0.25, generator=torch.Generator().manual_seed(5)
+    )
+    assert torch.equal(seen[0], x + reference)
+
+
 def test_predict_abstains_on_a_coin_flip_and_answers_a_confident_classifier():
     assert bernoulli_smooth(0.5, seed=0).predict(X1, 1000, 0.001, batch_size=300) == Smooth.ABSTAIN
     assert bernoulli_smooth(0.9, seed=0).predict(X1, 1000, 0.001, batch_size=300) == 0
@@ -257,6 +292,28 @@ def test_certify_rejects_bad_arguments(kwargs, match):
     args = {"x": torch.rand(4), "n0": 10, "n": 10, "alpha": 0.01, "batch_size": 4} | kwargs
     with pytest.raises(ValueError, match=match):
         smooth.certify(**args)
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs", "message"),
+    [
+        ("certify", {"n0": 0}, "n0 must be a positive integer, got 0"),
+        ("certify", {"n": 0}, "n must be a positive integer, got 0"),
+        ("predict", {"n": 0}, "n must be a positive integer, got 0"),
+        ("predict", {"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ("certify_sequential", {"n0": 0}, "n0 must be a positive integer, got 0"),
+        ("certify_sequential", {"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ],
+)
+def test_bad_counts_are_named_exactly(method, kwargs, message):
+    smooth = Smooth(ConstantModel(3, 0), 3, sigma=0.25, seed=0)
+    args = {"x": torch.rand(4), "n0": 10, "n": 10, "alpha": 0.01, "batch_size": 4}
+    if method == "predict":
+        del args["n0"]
+    if method == "certify_sequential":
+        args |= {"n_max": args.pop("n"), "radii": [0.1]}
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        getattr(smooth, method)(**args | kwargs)
 
 
 def test_constructor_and_model_checks():

@@ -9,12 +9,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.stats import beta, kstest
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from dmae_pipeline.training import consistency_loss, noisy_classification_loss
 
 
-def test_hand_computed_case():
+@pytest.mark.parametrize(
+    ("lam", "eta"), [(2.0, 0.5), (2.0, 0.0), (1.0, 0.0), (0.0, 0.5), (0.0, 1.0)]
+)
+def test_hand_computed_case(lam, eta):
+    """Each term counts on its own: one weight at 0 drops only its term."""
     # One sample, two classes, two copies: p_1 = (1/2, 1/2), p_2 = (3/4, 1/4), label 0.
     logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
     labels = torch.tensor([0])
@@ -23,7 +28,6 @@ def test_hand_computed_case():
     kl_1 = p_hat[0] * math.log(0.625 / 0.5) + p_hat[1] * math.log(0.375 / 0.5)
     kl_2 = p_hat[0] * math.log(0.625 / 0.75) + p_hat[1] * math.log(0.375 / 0.25)
     entropy = -(p_hat[0] * math.log(p_hat[0]) + p_hat[1] * math.log(p_hat[1]))
-    lam, eta = 2.0, 0.5
     expected = ce + lam * (kl_1 + kl_2) / 2 + eta * entropy
     got = consistency_loss(logits, labels, m=2, lam=lam, eta=eta)
     assert got.item() == pytest.approx(expected, rel=1e-6)
@@ -189,9 +193,34 @@ def test_noisy_loss_repeats_each_image_and_adds_noise_from_the_generator():
 def test_noisy_loss_without_noise_or_consistency_is_plain_cross_entropy():
     model, (images, labels) = Recorder(), _batch()
     loss_fn = noisy_classification_loss(sigma=0.0, num_classes=4, label_smoothing=0.1)
-    loss = loss_fn(model, (images, labels), torch.Generator())
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    loss = loss_fn(model, (images, labels), generator)
+    assert torch.equal(generator.get_state(), state)  # sigma 0 draws no noise
     expected = F.cross_entropy(model.fc(images.flatten(1)), labels, label_smoothing=0.1)
     assert loss.item() == pytest.approx(expected.item())
+
+
+def test_noisy_loss_defaults_to_cross_entropy_over_the_copies():
+    """Without lam and eta, m copies are plain noise augmentation: no consistency terms."""
+    model, (images, labels) = Recorder(), _batch()
+    loss = noisy_classification_loss(sigma=0.5, num_classes=4, m=2)(
+        model, (images, labels), torch.Generator().manual_seed(0)
+    )
+    expected = F.cross_entropy(model.fc(model.seen.flatten(1)), labels.repeat(2))
+    assert loss.item() == pytest.approx(expected.item())
+
+
+def test_noise_is_float32_whatever_the_default_dtype():
+    model, (images, labels) = Recorder(), _batch()
+    loss_fn = noisy_classification_loss(sigma=0.5, num_classes=4, m=2)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        loss_fn(model, (images, labels), torch.Generator().manual_seed(0))
+    finally:
+        torch.set_default_dtype(default)
+    assert model.seen.dtype == torch.float32
 
 
 def test_mixup_is_seeded_by_the_generator_and_leaves_global_rngs_alone():
@@ -217,11 +246,12 @@ def test_mixup_is_seeded_by_the_generator_and_leaves_global_rngs_alone():
     assert mixed > 0
 
 
-def test_mixup_mixes_the_noisy_copies_as_the_public_code():
+@pytest.mark.parametrize("smoothing", [0.1, 0.0])
+def test_mixup_mixes_the_noisy_copies_as_the_public_code(smoothing):
     """Copies first, noise next, mixup last: row r of the m*B noisy copies y is mixed with row
     m*B - 1 - r, so a mixed image carries two independent noises, and the m copies of a sample
     share the soft target lam * y_b + (1 - lam) * y_(B-1-b)."""
-    m, b, k, sigma, smoothing = 2, 6, 4, 0.5, 0.1
+    m, b, k, sigma = 2, 6, 4, 0.5
     loss_fn = noisy_classification_loss(
         sigma=sigma, num_classes=k, m=m, lam=2.0, eta=0.5, label_smoothing=smoothing, mixup=1.0
     )
@@ -247,3 +277,53 @@ def test_mixup_needs_an_even_number_of_noisy_copies():
         one_copy(Recorder(), (images, labels), torch.Generator())
     two_copies = noisy_classification_loss(sigma=0.25, num_classes=4, m=2, mixup=0.8)
     assert torch.isfinite(two_copies(Recorder(), (images, labels), torch.Generator()))
+
+
+def _mixed(loss_fn, seed, b=6, m=2, sigma=0.5):
+    """How one batch of 8x8 images was mixed: ("none" | "cutmix" | "mixup", lam). Cutmix copies
+    a box of the partner row (every pixel is the noisy copy's or its partner's); mixup blends
+    every pixel, lam * y + (1 - lam) * partner (lam by least squares)."""
+    g = torch.Generator().manual_seed(100 + seed)
+    images, labels = torch.rand(b, 3, 8, 8, generator=g), torch.randint(4, (b,), generator=g)
+    model = Recorder(dim=3 * 8 * 8)
+    loss_fn(model, (images, labels), torch.Generator().manual_seed(seed))
+    noise = sigma * torch.randn((m * b, 3, 8, 8), generator=torch.Generator().manual_seed(seed))
+    noisy = images.repeat(m, 1, 1, 1) + noise
+    partner = noisy.flip(0)
+    if torch.equal(model.seen, noisy):
+        return "none", 1.0
+    if ((model.seen == noisy) | (model.seen == partner)).all():
+        return "cutmix", None
+    lam = ((model.seen - partner) * (noisy - partner)).sum() / ((noisy - partner) ** 2).sum()
+    torch.testing.assert_close(model.seen, lam * noisy + (1 - lam) * partner)
+    return "mixup", lam.item()
+
+
+@pytest.mark.parametrize(
+    ("switch", "kinds"), [(None, {"mixup", "cutmix"}), (0.0, {"mixup"}), (1.0, {"cutmix"})]
+)
+def test_mixup_and_cutmix_alternate_by_the_switch_probability(switch, kinds):
+    """Both on: each batch is mixed by cutmix with the switch probability (default 1/2), else by
+    mixup."""
+    extra = {} if switch is None else {"mixup_switch_prob": switch}
+    loss_fn = noisy_classification_loss(
+        sigma=0.5, num_classes=4, m=2, mixup=0.8, cutmix=1.0, **extra
+    )
+    assert {_mixed(loss_fn, seed)[0] for seed in range(12)} == kinds
+
+
+def test_cutmix_alone_cuts_every_batch_and_mixup_prob_zero_mixes_none():
+    cut_only = noisy_classification_loss(sigma=0.5, num_classes=4, m=2, cutmix=1.0)
+    assert {_mixed(cut_only, seed)[0] for seed in range(12)} == {"cutmix"}
+    never = noisy_classification_loss(sigma=0.5, num_classes=4, m=2, mixup=0.8, mixup_prob=0.0)
+    assert {_mixed(never, seed)[0] for seed in range(4)} == {"none"}
+
+
+def test_mixup_weights_follow_beta_alpha_alpha():
+    """lam ~ Beta(mixup, mixup): at mixup = 0.2 most batches lean to one of the two images, which
+    a uniform lam (Beta(1, 1)) does not."""
+    alpha, trials = 0.2, 150
+    loss_fn = noisy_classification_loss(sigma=0.5, num_classes=4, m=2, mixup=alpha)
+    lams = [_mixed(loss_fn, seed)[1] for seed in range(trials)]
+    assert kstest(lams, beta(alpha, alpha).cdf).pvalue > 1e-3
+    assert kstest(lams, "uniform").pvalue < 1e-3  # the test can tell the two apart
