@@ -43,3 +43,14 @@ def env_parameters(env: str = "test") -> dict:
         str(PROJECT_ROOT / "conf"), env=None if env == "base" else env, **CONFIG_LOADER_ARGS
     )
     return loader["parameters"]
+
+
+def flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    """A nested parameter tree as its dotted keys and leaf values."""
+    found = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            found |= flat(value, f"{prefix}{key}.")
+        else:
+            found[f"{prefix}{key}"] = value
+    return found

@@ -9,7 +9,7 @@ import pytest
 from kedro.config import OmegaConfigLoader
 from kedro.framework.project import configure_project
 
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, flat
 from dmae_pipeline.data import expected_spec
 from dmae_pipeline.params import BLOCKS, CompareParams, ParamsError, check_run
 from dmae_pipeline.pipeline_registry import register_pipelines
@@ -38,16 +38,6 @@ def loader(variant: str | None = None, seed: int | None = None) -> OmegaConfigLo
         runtime_params={"compare": chosen} if chosen else None,
         **CONFIG_LOADER_ARGS,
     )
-
-
-def flat(tree: dict, prefix: str = "") -> dict[str, object]:
-    found = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            found |= flat(value, f"{prefix}{key}.")
-        else:
-            found[f"{prefix}{key}"] = value
-    return found
 
 
 def differences(a: dict, b: dict) -> set[str]:

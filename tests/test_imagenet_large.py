@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from conftest import flat
 from dmae_pipeline.models import build_dmae
 from test_params import load, validated
 
@@ -19,16 +20,6 @@ VIT_L = {
 PUBLISHED = ("report", "reference_points")  # each env its model's published row
 # A ViT-L finetunes in smaller micro-batches on one GPU; the effective batch stays 1024.
 MICRO_BATCH = {("finetune", "train.batch_size"), ("finetune", "train.accum_iter")}
-
-
-def flat(block: dict, prefix: str = "") -> dict[str, object]:
-    found = {}
-    for key, value in block.items():
-        if isinstance(value, dict):
-            found |= flat(value, f"{prefix}{key}.")
-        else:
-            found[f"{prefix}{key}"] = value
-    return found
 
 
 def test_imagenet_large_is_the_papers_vit_l_recipe():

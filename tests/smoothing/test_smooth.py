@@ -68,7 +68,8 @@ def test_certify_abstains_when_the_bound_is_below_one_half():
 
 
 def test_a_bound_of_exactly_one_half_certifies_radius_zero(monkeypatch):
-    """Cohen et al. abstain only when pA_lower < 1/2; at 1/2 the radius is sigma * Phi^-1(1/2) = 0."""
+    """Cohen et al. abstain only when pA_lower < 1/2; at 1/2 the radius is
+    sigma * Phi^-1(1/2) = 0."""
     monkeypatch.setattr(core, "lower_confidence_bound", lambda n_a, n, alpha: 0.5)
     smooth = Smooth(ConstantModel(3, 2), 3, sigma=0.5, seed=0)
     assert smooth.certify(torch.rand(2, 2), 10, 10, 0.05, batch_size=10) == (2, 0.0)
