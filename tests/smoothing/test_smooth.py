@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -276,6 +278,19 @@ def test_float64_input_is_certified_in_float32():
         torch.rand(4, dtype=torch.float64), 5, 5, 0.1, 5
     )
     assert {batch.dtype for batch in recorder.inputs} == {torch.float32}
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "message"),
+    [
+        (0, "num_classes must be a positive integer, got 0"),
+        (2.0, "num_classes must be a positive integer, got 2.0"),
+        (1, "num_classes must be at least 2, got 1"),
+    ],
+)
+def test_smooth_names_a_bad_number_of_classes(num_classes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Smooth(ConstantModel(3, 0), num_classes, sigma=0.25)
 
 
 @pytest.mark.parametrize(
