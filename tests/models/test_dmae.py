@@ -44,8 +44,9 @@ def test_state_dict_names_are_the_released_and_timm_ones(tiny):
     vit = VisionTransformer(
         img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=0
     )
-    encoder = {k for k in state if k != "mask_token" and not k.startswith("decoder")}
-    assert encoder == set(vit.state_dict())
+    encoder = {k: v.shape for k, v in state.items() if k != "mask_token" and "decoder" not in k}
+    assert encoder == {k: v.shape for k, v in vit.state_dict().items()}
+    assert state["mask_token"].shape == (1, 1, 16)
     assert all(m.eps == 1e-6 for m in model.modules() if isinstance(m, torch.nn.LayerNorm))
     assert model.blocks[0].attn.qkv.bias is not None
 
@@ -163,6 +164,10 @@ def test_norm_pix_target_and_patch_layout(tiny):
     torch.testing.assert_close(target.var(-1), torch.ones(2, 16), atol=1e-3, rtol=0)
     raw = build_dmae("tiny", **tiny, norm_pix_loss=False)
     torch.testing.assert_close(raw.target_patches(imgs), patches)
+    # a flat patch (a digit's black border) has variance 0: eps keeps its target finite, 0
+    assert torch.equal(
+        model.target_patches(torch.full((1, 3, 16, 16), 0.3)), torch.zeros(1, 16, 48)
+    )
 
 
 def test_encoder_parameter_counts_without_forward():
