@@ -14,6 +14,7 @@ from dmae_pipeline.data import expected_spec
 from dmae_pipeline.params import BLOCKS, CompareParams, ParamsError, check_run
 from dmae_pipeline.pipeline_registry import register_pipelines
 from dmae_pipeline.settings import CONFIG_LOADER_ARGS
+from test_params import validate_blocks
 
 VARIANTS = ("scratch", "mae", "dmae")
 # What a variant sets (compare.variants) and where its runs write; nothing else may differ.
@@ -66,10 +67,7 @@ def written_paths(catalog: dict) -> set[str]:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_validates_and_passes_the_run_checks(variant):
     parameters = loader(variant, 1)["parameters"]
-    blocks = {
-        name: None if value is None else BLOCKS[name].model_validate(value)
-        for name, value in parameters.items()
-    }
+    blocks = validate_blocks(parameters)
     assert set(blocks) == set(BLOCKS) and blocks["cifar_pretrain"] is None
     assert (blocks["compare"].variant, blocks["compare"].seed) == (variant, 1)
     prep = blocks["data_prep"]

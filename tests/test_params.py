@@ -25,11 +25,16 @@ ENVS = ("base", "test", "cifar10", "imagenet")
 load = env_parameters
 
 
-def validated(env: str) -> dict:
+def validate_blocks(parameters: dict) -> dict:
+    """Each block as its typed model (a null block stays None)."""
     return {
         name: None if value is None else BLOCKS[name].model_validate(value)
-        for name, value in load(env).items()
+        for name, value in parameters.items()
     }
+
+
+def validated(env: str) -> dict:
+    return validate_blocks(load(env))
 
 
 @pytest.mark.parametrize("env", ENVS)
