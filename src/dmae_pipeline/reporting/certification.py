@@ -232,7 +232,7 @@ def markdown_report(
         f"Certified accuracy (%) of the smoothed classifier at L2 radius r, in [0, 1] pixel units, "
         f"on {int(table['images'].iloc[0])} test images; **best** is the best over sigma at each "
         "radius. ACR: average certified radius. Clean: the smoothed classifier's accuracy "
-        f"(abstentions count as errors).{note + '.' if note else ''}\n\n" + _to_markdown(shown)
+        f"(abstentions count as errors).{note + '.' if note else ''}\n\n" + markdown_table(shown)
     )
     if reference_points:
         radii = sorted({float(r) for point in reference_points for r in point["radii"]})
@@ -251,13 +251,14 @@ def markdown_report(
             ],
             columns=["published", *(f"r = {format_value(r)}" for r in radii)],
         ).fillna("")
-        text += "\n## Published results\n\n" + _to_markdown(published)
+        text += "\n## Published results\n\n" + markdown_table(published)
     return text
 
 
-def _to_markdown(frame: pd.DataFrame) -> str:
-    """A pipe table with right-aligned columns (tabulate, via pandas)."""
-    align = ["right"] * frame.shape[1]
+def markdown_table(frame: pd.DataFrame, label_column: bool = False) -> str:
+    """A pipe table (tabulate, via pandas), its columns right-aligned, the first left-aligned
+    when it holds labels."""
+    align = ["left" if label_column else "right"] + ["right"] * (frame.shape[1] - 1)
     return frame.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n"
 
 

@@ -18,7 +18,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from dmae_pipeline.reporting.certification import check_results, radius_column, radius_grid
+from dmae_pipeline.reporting.certification import (
+    check_results,
+    markdown_table,
+    radius_column,
+    radius_grid,
+)
 from dmae_pipeline.reporting.names import format_value
 
 RUN = ["variant", "seed"]
@@ -188,11 +193,11 @@ def markdown_report(summary: pd.DataFrame, gaps: pd.DataFrame, confidence: float
         "# Certified accuracy by variant\n\n"
         "Certified accuracy (%) of the smoothed classifier at L2 radius r, best over sigma, "
         f"mean ± standard deviation over the seeds, on {int(first['images'])} test images"
-        f"{samples}.\n\n" + _to_markdown(accuracy) + "\n## Gaps\n\n"
+        f"{samples}.\n\n" + markdown_table(accuracy, label_column=True) + "\n## Gaps\n\n"
         "Gap in certified accuracy (percentage points, between the means over the seeds), its "
         f"{confidence:.0%} paired-bootstrap interval over the test images, and the share of "
         "resamples in which the first variant is ahead (ties count half).\n\n"
-        + _to_markdown(differences)
+        + markdown_table(differences, label_column=True)
     )
 
 
@@ -203,11 +208,6 @@ def _mean_std(row: Any) -> str:
 
 def _gap(row: Any) -> str:
     return f"{100 * row.gap:+.1f} [{100 * row.low:+.1f}, {100 * row.high:+.1f}], {row.p_better:.0%}"
-
-
-def _to_markdown(frame: pd.DataFrame) -> str:
-    align = ["left"] + ["right"] * (frame.shape[1] - 1)
-    return frame.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n"
 
 
 def metrics(summary: pd.DataFrame, gaps: pd.DataFrame) -> dict[str, float]:
