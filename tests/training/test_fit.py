@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import random
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from tiny_training import JitteredSet, make_mlp, noisy_ce, tiny_cfg
 from torch.utils.data import TensorDataset
 
-from dmae_pipeline.training import NonFiniteLossError, fit, load_best, load_checkpoint
+from dmae_pipeline.training import NonFiniteLossError, engine, fit, load_best, load_checkpoint
 
 
 def _linear_problem(n=64):
@@ -18,30 +24,41 @@ def _linear_problem(n=64):
     return TensorDataset(x, y)
 
 
-def _mse(model, batch, generator):
-    x, y = batch
-    return F.mse_loss(model(x), y)
+def _initial_linear():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return torch.nn.Linear(6, 1)
 
 
 def _linear_fit(tmp_path, name, **cfg):
-    """Final parameters, and the weight's .grad after every backward pass."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = torch.nn.Linear(6, 1)
-    grads = []
+    """Final parameters, the weight's .grad after every backward pass, and the batches."""
+    model = _initial_linear()
+    grads, batches = [], []
     model.weight.register_post_accumulate_grad_hook(lambda p: grads.append(p.grad.clone()))
+
+    def loss_fn(model, batch, generator):
+        batches.append(batch)
+        x, y = batch
+        return F.mse_loss(model(x), y)
+
     config = tiny_cfg(epochs=2, warmup_epochs=1, blr=2.0, min_lr=0.0, **cfg)
-    fit(model, _linear_problem(), loss_fn=_mse, cfg=config, run_dir=tmp_path / name)
-    return torch.cat([p.detach().flatten() for p in model.parameters()]), grads
+    fit(model, _linear_problem(), loss_fn=loss_fn, cfg=config, run_dir=tmp_path / name)
+    return torch.cat([p.detach().flatten() for p in model.parameters()]), grads, batches
 
 
-def test_accumulation_matches_the_larger_batch(tmp_path):
-    accumulated, acc_grads = _linear_fit(tmp_path, "acc", batch_size=4, accum_iter=2)
-    large, large_grads = _linear_fit(tmp_path, "large", batch_size=8, accum_iter=1)
-    small, _ = _linear_fit(tmp_path, "small", batch_size=4, accum_iter=1)
-    # the gradient of the first step, accumulated over two half batches, is the batch mean's
-    assert torch.allclose(acc_grads[1], large_grads[0], atol=1e-6)
-    assert len(acc_grads) == 2 * len(large_grads)
+# 64 samples: 8 steps of 2 micro-batches per epoch, or 5 steps of 3 (4 samples left over)
+@pytest.mark.parametrize("accum", [2, 3])
+def test_accumulation_matches_the_larger_batch(tmp_path, accum):
+    accumulated, acc_grads, batches = _linear_fit(tmp_path, "acc", batch_size=4, accum_iter=accum)
+    large, large_grads, _ = _linear_fit(tmp_path, "large", batch_size=4 * accum, accum_iter=1)
+    small, *_ = _linear_fit(tmp_path, "small", batch_size=4, accum_iter=1)
+    # the gradient of the first step, accumulated over its micro-batches, is the mean loss's
+    x, y = (torch.cat(parts) for parts in zip(*batches[:accum], strict=True))
+    reference = _initial_linear()
+    F.mse_loss(reference(x), y).backward()
+    assert torch.allclose(acc_grads[accum - 1], reference.weight.grad, atol=1e-6)
+    assert torch.allclose(acc_grads[accum - 1], large_grads[0], atol=1e-6)
+    assert len(acc_grads) == accum * len(large_grads) == accum * 2 * (64 // (4 * accum))
     assert torch.allclose(accumulated, large, atol=1e-6, rtol=1e-5)
     assert not torch.allclose(small, large, atol=1e-3)
 
@@ -103,8 +120,52 @@ def test_non_finite_loss_stops_before_it_changes_a_weight(tmp_path, spoil):
     assert load_checkpoint(last)["epoch"] == 1
 
 
+def _nan_at(call: int):
+    """noisy_ce, made NaN at the given call; the number of calls so far in ``calls[0]``."""
+    calls = [0]
+
+    def loss_fn(model, batch, generator):
+        calls[0] += 1
+        return noisy_ce(model, batch, generator) * (float("nan") if calls[0] == call else 1.0)
+
+    return loss_fn, calls
+
+
+def test_non_finite_loss_before_any_checkpoint_says_so(tmp_path):
+    loss_fn, _ = _nan_at(1)
+    message = r"^\[s\] the loss is NaN .* epoch 1, step 1;.* Last good checkpoint: none yet$"
+    with pytest.raises(NonFiniteLossError, match=message):
+        fit(make_mlp(), JitteredSet(), loss_fn=loss_fn, cfg=tiny_cfg(), run_dir=tmp_path,
+            log_prefix="[s] ")  # fmt: skip
+
+
+def test_a_long_epoch_stops_within_sync_every_micro_batches(tmp_path):
+    # 512 samples, batch 4: an epoch of 128 micro-batches; the flag is read after the 50th
+    loss_fn, calls = _nan_at(3)
+    with pytest.raises(NonFiniteLossError, match="epoch 1, step 3;"):
+        fit(make_mlp(), JitteredSet(512), loss_fn=loss_fn, cfg=tiny_cfg(batch_size=4),
+            run_dir=tmp_path)  # fmt: skip
+    assert calls[0] == engine.SYNC_EVERY
+
+
+def test_a_parameter_without_gradient_in_a_step_is_left_alone(tmp_path):
+    # no momentum and no weight decay for a parameter that a step does not use
+    model = make_mlp()
+    model.extra = torch.nn.Parameter(torch.ones(3))
+    seen = []
+
+    def loss_fn(model, batch, generator):
+        seen.append(model.extra.detach().clone())
+        loss = noisy_ce(model, batch, generator)
+        return loss + model.extra.square().sum() if len(seen) <= 2 else loss  # steps 1 and 2
+
+    fit(model, JitteredSet(), loss_fn=loss_fn, cfg=tiny_cfg(epochs=2), run_dir=tmp_path)
+    assert not torch.equal(seen[2], seen[0])
+    assert all(torch.equal(value, seen[2]) for value in [*seen[3:], model.extra.detach()])
+
+
 def test_best_epoch_is_kept_and_loaded(tmp_path):
-    scores = iter([0.2, 0.9, 0.4])
+    scores = iter([0.2, 0.9, 0.9])  # a later tie does not replace the best epoch
     modes = []
 
     def evaluate(model):
@@ -121,7 +182,7 @@ def test_best_epoch_is_kept_and_loaded(tmp_path):
         evaluate=evaluate, select_metric="acc",
     )  # fmt: skip
     assert modes == [(False, False)] * 3
-    assert [r["acc"] for r in result["history"]] == [0.2, 0.9, 0.4]
+    assert [r["acc"] for r in result["history"]] == [0.2, 0.9, 0.9]
     assert result["best"] == result["history"][1]
     best = load_best(tmp_path / "best.pt")
     assert best["best"]["epoch"] == 2
@@ -137,15 +198,18 @@ def test_evaluate_must_provide_the_selected_metric(tmp_path):
         )  # fmt: skip
 
 
-def test_finished_run_returns_the_stored_result_without_training(tmp_path):
+def test_finished_run_returns_the_stored_result_without_training(tmp_path, caplog):
     first = make_mlp()
     result = fit(first, JitteredSet(), loss_fn=noisy_ce, cfg=tiny_cfg(), run_dir=tmp_path)
+    assert result["best"] == result["history"][-1]  # no select_metric: the last epoch
 
     def no_training(*args):
         raise AssertionError("a finished run must not train again")
 
     again = make_mlp(seed=1)
-    repeat = fit(again, JitteredSet(), loss_fn=no_training, cfg=tiny_cfg(), run_dir=tmp_path)
+    with caplog.at_level("INFO", logger=engine.__name__):
+        repeat = fit(again, JitteredSet(), loss_fn=no_training, cfg=tiny_cfg(), run_dir=tmp_path)
+    assert f"{tmp_path / 'last.pt'}: training already finished" in caplog.messages
     assert repeat == result
     assert _same(_weights(first), again.state_dict())
 
@@ -301,6 +365,83 @@ def test_data_order_changes_every_epoch_and_repeats_for_a_seed(tmp_path):
     assert orders[0] != orders[1] and orders[1] != orders[2] and orders[0] != orders[2]
     assert _epoch_orders(tmp_path, "b", seed=0) == orders
     assert _epoch_orders(tmp_path, "c", seed=1) != orders
+
+
+def _first_draws(seed: int, rank: int, epoch: int) -> dict[str, float]:
+    """The first number each random stream gives after the engine seeds ``epoch`` on ``rank``."""
+    model = make_mlp()
+    trainer = engine._Trainer(
+        model, JitteredSet(), noisy_ce, torch.optim.SGD(model.parameters()),
+        torch.amp.GradScaler("cpu"), tiny_cfg(seed=seed), device=torch.device("cpu"),
+        amp_dtype=None, micro_batch=8, accum=1, steps_per_epoch=8, log_prefix="",
+        last_path=Path("last.pt"),
+    )  # fmt: skip
+    trainer.rank = rank  # as in process ``rank`` of a torchrun run
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng():
+        trainer.seed_epoch(epoch)
+        draws = {
+            "torch": torch.rand(()).item(),
+            "numpy": np.random.rand(),
+            "python": random.random(),
+            "noise": torch.rand((), generator=trainer.noise).item(),
+            "workers": torch.rand((), generator=trainer.loader.generator).item(),
+        }
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)
+    return draws
+
+
+def test_every_random_stream_is_reseeded_from_seed_rank_and_epoch():
+    draws = _first_draws(seed=0, rank=0, epoch=1)
+    assert _first_draws(seed=0, rank=0, epoch=1) == draws
+    assert len(set(draws.values())) == len(draws)
+    for other in (_first_draws(1, 0, 1), _first_draws(0, 1, 1), _first_draws(0, 0, 2)):
+        assert all(other[stream] != draws[stream] for stream in draws)
+
+
+def test_the_loss_draws_from_a_generator_reseeded_every_epoch(tmp_path):
+    seeds = []
+
+    def loss_fn(model, batch, generator):
+        seeds.append(generator.initial_seed())
+        return noisy_ce(model, batch, generator)
+
+    fit(make_mlp(), JitteredSet(), loss_fn=loss_fn, cfg=tiny_cfg(), run_dir=tmp_path)
+    per_epoch = [set(seeds[e * 8 : (e + 1) * 8]) for e in range(3)]
+    assert [len(s) for s in per_epoch] == [1, 1, 1]
+    assert len(set.union(*per_epoch)) == 3
+
+
+def test_the_epoch_log_line_and_its_throughput(tmp_path, monkeypatch, caplog):
+    # a clock that only the loss moves: each micro-batch of 8 images takes 0.5 s
+    clock = [100.0]
+    monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def loss_fn(model, batch, generator):
+        clock[0] += 0.5
+        return noisy_ce(model, batch, generator)
+
+    with caplog.at_level("INFO", logger=engine.__name__):
+        result = fit(make_mlp(), JitteredSet(), loss_fn=loss_fn, cfg=tiny_cfg(),
+                     run_dir=tmp_path, evaluate=lambda m: {"acc": 0.5, "loss_val": 1.25},
+                     log_prefix="[a] ")  # fmt: skip
+    assert [r["images_per_s"] for r in result["history"]] == [16.0] * 3
+    lines = [r.getMessage() for r in caplog.records if "img/s" in r.getMessage()]
+    # 4 s per epoch: the ETA counts down the epochs still to run
+    assert len(lines) == 3
+    for epoch, (line, eta) in enumerate(zip(lines, ["00:08", "00:04", "00:00"], strict=True), 1):
+        expected = (
+            rf"\[a\] epoch {epoch}/3  train_loss \d+\.\d{{4}}  lr \S+  16\.0 img/s  "
+            rf"acc 0\.5  loss_val 1\.25  ETA {eta}"
+        )
+        assert re.fullmatch(expected, line), line
+
+
+def test_evaluate_may_not_use_the_engine_s_names(tmp_path):
+    with pytest.raises(ValueError, match=r"metric names \['lr'\] are reserved"):
+        fit(make_mlp(), JitteredSet(), loss_fn=noisy_ce, cfg=tiny_cfg(), run_dir=tmp_path,
+            evaluate=lambda m: {"acc": 0.5, "lr": 0.1})  # fmt: skip
 
 
 def test_train_loss_is_the_mean_over_micro_batches(tmp_path):
