@@ -657,11 +657,6 @@ def check_run(
         for name in parameters
         if name not in BLOCKS
     ]
-    problems += [
-        f"{name}: not configured in this environment (null), but the run includes its pipeline"
-        for name in sorted(used)
-        if parameters.get(name) is None
-    ]
     if not problems:
         blocks = {name: parameters[name] for name in used}
         problems = list(_combinations(blocks, data or {}, world_size))

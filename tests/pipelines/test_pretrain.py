@@ -92,6 +92,7 @@ BAD_PARAMS = [
     ({"train": {"epochs": 0}}, r"pretrain\.train\.epochs: Input should be greater than 0"),
     ({"augment": {"flip": True}}, r"pretrain\.augment\.flip: unknown key"),
     ({"epochs": 3}, r"pretrain\.epochs: unknown key; allowed here: init"),
+    (None, r"Parameter 'pretrain': value is None but type is not Optional"),
     # A checkpoint of another model in run_dir is never resumed.
     ({"model": {"embed_dim": 64}}, r"run holds a run with other settings .*embed_dim: 32 -> 64"),
 ]
