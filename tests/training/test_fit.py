@@ -413,8 +413,8 @@ def test_the_loss_draws_from_a_generator_reseeded_every_epoch(tmp_path):
     assert len(set.union(*per_epoch)) == 3
 
 
-def test_the_epoch_log_line_and_its_throughput(tmp_path, monkeypatch, caplog):
-    # a clock that only the loss moves: each micro-batch of 8 images takes 0.5 s
+def _timed_loss(monkeypatch):
+    """noisy_ce on a clock that only the loss moves: each micro-batch takes 0.5 s."""
     clock = [100.0]
     monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
 
@@ -422,13 +422,18 @@ def test_the_epoch_log_line_and_its_throughput(tmp_path, monkeypatch, caplog):
         clock[0] += 0.5
         return noisy_ce(model, batch, generator)
 
+    return loss_fn
+
+
+def test_the_epoch_log_line_and_its_throughput(tmp_path, monkeypatch, caplog):
+    # 8 micro-batches of 8 images per epoch: 4 s
     with caplog.at_level("INFO", logger=engine.__name__):
-        result = fit(make_mlp(), JitteredSet(), loss_fn=loss_fn, cfg=tiny_cfg(),
+        result = fit(make_mlp(), JitteredSet(), loss_fn=_timed_loss(monkeypatch), cfg=tiny_cfg(),
                      run_dir=tmp_path, evaluate=lambda m: {"acc": 0.5, "loss_val": 1.25},
                      log_prefix="[a] ")  # fmt: skip
     assert [r["images_per_s"] for r in result["history"]] == [16.0] * 3
-    lines = [r.getMessage() for r in caplog.records if "img/s" in r.getMessage()]
-    # 4 s per epoch: the ETA counts down the epochs still to run
+    lines = [m for m in caplog.messages if "img/s" in m]
+    # the ETA counts down the epochs still to run
     assert len(lines) == 3
     for epoch, (line, eta) in enumerate(zip(lines, ["00:08", "00:04", "00:00"], strict=True), 1):
         expected = (
@@ -436,6 +441,17 @@ def test_the_epoch_log_line_and_its_throughput(tmp_path, monkeypatch, caplog):
             rf"acc 0\.5  loss_val 1\.25  ETA {eta}"
         )
         assert re.fullmatch(expected, line), line
+
+
+def test_a_resumed_run_times_only_its_own_epochs(tmp_path, monkeypatch, caplog):
+    loss_fn, _ = _nan_at(17)  # the first micro-batch of epoch 3: last.pt holds epoch 2
+    with pytest.raises(NonFiniteLossError, match="epoch 3"):
+        fit(make_mlp(), JitteredSet(), loss_fn=loss_fn, cfg=tiny_cfg(epochs=4), run_dir=tmp_path)
+    with caplog.at_level("INFO", logger=engine.__name__):
+        fit(make_mlp(), JitteredSet(), loss_fn=_timed_loss(monkeypatch), cfg=tiny_cfg(epochs=4),
+            run_dir=tmp_path)  # fmt: skip
+    etas = [m.rsplit("ETA ", 1)[1] for m in caplog.messages if "img/s" in m]
+    assert etas == ["00:04", "00:00"]  # epochs 3 and 4, 4 s each
 
 
 def test_evaluate_may_not_use_the_engine_s_names(tmp_path):
