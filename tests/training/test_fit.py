@@ -256,12 +256,7 @@ def test_bf16_autocast_on_the_cpu_trains(tmp_path):
 
 def test_on_epoch_gets_every_record_also_those_of_a_resumed_run(tmp_path):
     cfg = tiny_cfg(epochs=3)
-    calls = 0
-
-    def dying_loss(model, batch, generator):
-        nonlocal calls
-        calls += 1
-        return noisy_ce(model, batch, generator) * (float("nan") if calls == 17 else 1.0)
+    dying_loss, _ = _nan_at(17)
 
     def evaluate(model):
         return {"val_acc": 0.5}
@@ -310,12 +305,7 @@ def test_resume_keeps_a_best_epoch_saved_after_the_last_checkpoint(tmp_path):
     # its record must still win, so the weights and the reported best agree.
     cfg = tiny_cfg(epochs=4, checkpoint_every=2)
     scores = iter([0.1, 0.2, 0.9])
-    calls = 0
-
-    def dying_loss(model, batch, generator):
-        nonlocal calls
-        calls += 1
-        return noisy_ce(model, batch, generator) * (float("nan") if calls == 25 else 1.0)
+    dying_loss, _ = _nan_at(25)
 
     with pytest.raises(NonFiniteLossError, match="epoch 4"):
         fit(make_mlp(), JitteredSet(), loss_fn=dying_loss, cfg=cfg, run_dir=tmp_path,
