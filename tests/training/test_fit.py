@@ -437,6 +437,7 @@ def test_a_resumed_run_times_only_its_own_epochs(tmp_path, monkeypatch, caplog):
     loss_fn, _ = _nan_at(17)  # the first micro-batch of epoch 3: last.pt holds epoch 2
     with pytest.raises(NonFiniteLossError, match="epoch 3"):
         fit(make_mlp(), JitteredSet(), loss_fn=loss_fn, cfg=tiny_cfg(epochs=4), run_dir=tmp_path)
+    caplog.clear()  # the first run's lines, where logging is already at INFO
     with caplog.at_level("INFO", logger=engine.__name__):
         fit(make_mlp(), JitteredSet(), loss_fn=_timed_loss(monkeypatch), cfg=tiny_cfg(epochs=4),
             run_dir=tmp_path)  # fmt: skip
