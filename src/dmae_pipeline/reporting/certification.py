@@ -248,9 +248,10 @@ def curve_table(
 def _scalar_metrics(table: pd.DataFrame) -> Iterator[tuple[str, str, float]]:
     """(group, name, value) for every number of the summary table, each interval's ends right
     after its value."""
+    accuracies = radius_columns(table)
     for row in table.to_dict("records"):
         curve = curve_name(row["sigma"])
-        for column in radius_columns(table):
+        for column in accuracies:
             for suffix, value in _with_interval(row, column):
                 yield "certified_accuracy", f"{curve}/{column}{suffix}", value
         if row["sigma"] != BEST:

@@ -7,9 +7,9 @@ sigma, image), with at least the columns ``variant seed sigma idx predict radius
 same images at the same sigmas: the variants are compared on the same images, and each bootstrap
 resample of the images applies to every run alike (paired). A variant's score at radius r is the
 mean over its seeds of the best-over-sigma certified accuracy at r; its interval over the test
-images is the Clopper-Pearson interval of the mean count of images certified there: exact for one
-seed, and for several wider than needed, since the seeds' mean outcome on an image lies in [0, 1],
-so its variance over the images is at most a single binary outcome's.
+images is the Clopper-Pearson interval of the mean count of images certified there. That is exact
+for one seed; for several it treats the mean count as binomial, the largest variance that an
+average over seeds of per-image outcomes, each in [0, 1], can have, so it errs wide.
 """
 
 from __future__ import annotations
@@ -213,10 +213,10 @@ def markdown_report(summary: pd.DataFrame, gaps: pd.DataFrame, confidence: float
         "Certified accuracy (%) of the smoothed classifier at L2 radius r, best over sigma, "
         f"mean ± standard deviation over the seeds, on {int(first['images'])} test images"
         f"{samples}. In brackets, the {level(confidence)} Clopper-Pearson interval over the "
-        "test images of the mean, from the mean count of images certified (exact for one seed, "
-        "wider than needed for a mean over seeds). It covers the choice of test images for "
-        "these trained models, not a retraining (the standard deviation shows the seeds); each "
-        "seed picks its best sigma on these same images.\n\n"
+        "test images of the mean, from the mean count of images certified (exact for one seed; "
+        "for a mean over seeds it takes that count as binomial, which errs wide). It covers "
+        "the choice of test images for these trained models, not a retraining (the standard "
+        "deviation shows the seeds); each seed picks its best sigma on these same images.\n\n"
         + markdown_table(accuracy, label_column=True)
         + "\n## Gaps\n\n"
         "Gap in certified accuracy (percentage points, between the means over the seeds), its "
