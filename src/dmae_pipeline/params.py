@@ -488,13 +488,17 @@ class ReferencePoint(Params):
 
 
 class ReportParams(Params):
-    """``report``: the radii of the tables, the curves' grid and published reference points."""
+    """``report``: the radii of the tables, the curves' grid, published reference points, and the
+    intervals over the test images (their level; ACR's bootstrap resamples and seed)."""
 
     block: ClassVar[str] = "report"
     dataset: Annotated[str, Field(min_length=1)]
     radii: Annotated[list[NonNegativeFloat], Field(min_length=1)]
     curve_step: PositiveFloat = 0.01
     reference_points: list[ReferencePoint] = []
+    confidence: OpenUnit = 0.95
+    bootstrap: PositiveInt = 2000
+    bootstrap_seed: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _grid(self) -> ReportParams:

@@ -9,6 +9,7 @@ import copy
 import mlflow
 import pandas as pd
 import pytest
+from scipy import stats
 
 from conftest import run_kedro
 from dmae_pipeline.io import safe_torch_load
@@ -90,6 +91,10 @@ def test_the_variants_train_from_configuration_and_the_comparison_collects_them(
     samples = pd.concat(pd.read_csv(p) for p in output.glob("*/seed_0/certification_results.csv"))
     assert len(samples) == 3 * 2 * 6 and samples["n"].max() <= 20
     assert table["samples"].tolist() == pytest.approx([samples["n"].mean()] * len(table))
+    # one seed: each variant's interval is the exact one of its count, at compare.confidence
+    for row in table.itertuples():
+        interval = stats.binomtest(round(row.mean * 6), 6).proportion_ci(0.95, method="exact")
+        assert (row.ci_low, row.ci_high) == pytest.approx((interval.low, interval.high))
     gaps = pd.read_csv(reporting / "comparison_gaps.csv")
     assert gaps[["variant", "baseline"]].drop_duplicates().values.tolist() == [
         ["dmae", "mae"], ["dmae", "scratch"], ["mae", "scratch"]
@@ -101,3 +106,5 @@ def test_the_variants_train_from_configuration_and_the_comparison_collects_them(
     assert compared.data.metrics["gap/dmae-mae/r_0.00"] == pytest.approx(
         gaps.loc[(gaps["variant"] == "dmae") & (gaps["baseline"] == "mae"), "gap"].iloc[0]
     )
+    dmae = table[(table["variant"] == "dmae") & (table["radius"] == 0.0)].iloc[0]
+    assert compared.data.metrics["dmae/r_0.00/ci_high"] == pytest.approx(dmae["ci_high"])

@@ -11,7 +11,8 @@ import pytest
 from kedro.validation.exceptions import ParameterValidationError
 
 from conftest import run_kedro
-from reporting.test_certification import markdown_rows
+from dmae_pipeline.reporting.certification import bootstrap_mean
+from reporting.test_certification import exact, markdown_rows
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +49,9 @@ def check_report_outputs(project, run_name: str) -> tuple[pd.DataFrame, dict]:
     table = pd.read_csv(folder / "certified_accuracy.csv", dtype={"sigma": str})
     metrics = json.loads((folder / "certified_accuracy.json").read_text())
     curve = pd.read_csv(folder / "certified_accuracy_curve.csv", dtype={"sigma": str})
-    assert list(curve.columns) == ["sigma", "radius", "certified_accuracy"]
+    assert list(curve.columns) == ["sigma", "radius", "certified_accuracy", "ci_low", "ci_high"]
+    assert (curve["ci_low"] <= curve["certified_accuracy"]).all()
+    assert (curve["certified_accuracy"] <= curve["ci_high"]).all()
 
     client, run = mlflow_run(run_name)
     logged = run.data.metrics
@@ -87,7 +90,8 @@ def write_results(project) -> None:
 
 def test_report_of_a_hand_made_table(kedro_project):
     write_results(kedro_project)
-    params = {"report": {"radii": [0.0, 0.5, 2.0], "reference_points": []}}
+    intervals = {"confidence": 0.9, "bootstrap": 300, "bootstrap_seed": 4}
+    params = {"report": {"radii": [0.0, 0.5, 2.0], "reference_points": [], **intervals}}
     run_kedro(kedro_project, "report", "test", params=params)
 
     table, metrics = check_report_outputs(kedro_project, "report @ test")
@@ -97,8 +101,23 @@ def test_report_of_a_hand_made_table(kedro_project):
     assert table["acr"].tolist()[:2] == pytest.approx([0.2, 0.6])
     assert table["abstain_rate"].tolist()[:2] == pytest.approx([1 / 3, 0.0])
     assert metrics["best/r_2.00"] == 0.0 and metrics["sigma_1.00/r_0.50"] == pytest.approx(1 / 3)
+    # the intervals at the configured level, seed and resamples
+    assert table.loc[2, ["r_0.50_ci_low", "r_0.50_ci_high"]].tolist() == pytest.approx(
+        exact(1, 3, 0.9)
+    )
+    assert [metrics["best/r_0.50/ci_low"], metrics["best/r_0.50/ci_high"]] == pytest.approx(
+        exact(1, 3, 0.9)
+    )
+    acr = bootstrap_mean([1.5, 0.3, 0.0], 0.9, 300, 4)
+    assert (metrics["acr/sigma_1.00/ci_low"], metrics["acr/sigma_1.00/ci_high"]) == acr
     markdown = (kedro_project / "data/08_reporting/certified_accuracy.md").read_text()
-    assert ["1.00", "66.7", "33.3", "0.0", "0.600", "0.0", "66.7"] in markdown_rows(markdown)
+    two, one, none = (
+        f"{100 * k / 3:.1f} [{100 * exact(k, 3, 0.9)[0]:.1f}, {100 * exact(k, 3, 0.9)[1]:.1f}]"
+        for k in (2, 1, 0)
+    )
+    row = ["1.00", two, one, none, f"0.600 [{acr[0]:.3f}, {acr[1]:.3f}]", "0.0", "66.7"]
+    assert row in markdown_rows(markdown)
+    assert "90% intervals over the test images" in " ".join(markdown.split())
     assert "Published" not in markdown
 
 

@@ -1,16 +1,21 @@
-"""The comparison of variants: per-variant spread over seeds by hand, and the paired bootstrap's
-intervals covering the true gap at their nominal rate, which an unpaired or a
+"""The comparison of variants: per-variant spread over seeds and intervals by hand; the variants'
+intervals (Clopper-Pearson at the mean count over the seeds) covering the true certified accuracy
+at least at their level, which an interval that counts the seeds as further images does not; the
+paired bootstrap's intervals covering the true gap at their nominal rate, which an unpaired or a
 without-replacement bootstrap (kept below, deliberately wrong) does not."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from dmae_pipeline.reporting import comparison
+from dmae_pipeline.reporting.certification import clopper_pearson
 from dmae_pipeline.reporting.comparison import (
     check_runs,
     markdown_report,
@@ -59,7 +64,7 @@ def hand_made() -> pd.DataFrame:
 
 
 def test_summary_table_by_hand():
-    table = summary_table(hand_made(), RADII).set_index(["variant", "radius"])
+    table = summary_table(hand_made(), RADII, confidence=0.95).set_index(["variant", "radius"])
     # a: best over sigma, seed 0: [3/4, 2/4], seed 1: [2/4, 1/4]
     a0, a1 = np.array([0.75, 0.5]), np.array([0.5, 0.25])
     np.testing.assert_allclose(table.loc["a"]["mean"], (a0 + a1) / 2)
@@ -71,6 +76,25 @@ def test_summary_table_by_hand():
     assert set(table["seeds"]) == {2} and set(table["images"]) == {4}
     assert set(table["samples"]) == {1000}
     assert list(table.index.get_level_values("variant").unique()) == ["a", "b"]
+    assert list(table.columns[-2:]) == ["ci_low", "ci_high"]  # after the columns it had before
+
+
+def exact(k: int, n: int, confidence: float) -> list[float]:
+    interval = stats.binomtest(k, n).proportion_ci(confidence, method="exact")
+    return [interval.low, interval.high]
+
+
+def test_each_variants_interval_is_clopper_pearsons_at_its_mean_count():
+    table = summary_table(hand_made(), RADII, confidence=0.9).set_index(["variant", "radius"])
+    ci = table[["ci_low", "ci_high"]]
+    # b: both seeds certify 1 of the 4 images at r 0, none at r 0.5: the exact intervals
+    assert ci.loc[("b", 0.0)].tolist() == pytest.approx(exact(1, 4, 0.9))
+    assert ci.loc[("b", 0.5)].tolist() == pytest.approx(exact(0, 4, 0.9))
+    # a at r 0.5: seeds certify 2 and 1 images, a mean count of 1.5: between the two intervals
+    assert ci.loc[("a", 0.5)].tolist() == pytest.approx(clopper_pearson(1.5, 4, 0.9))
+    one, two = exact(1, 4, 0.9), exact(2, 4, 0.9)
+    assert one[0] < ci.loc[("a", 0.5), "ci_low"] < two[0]
+    assert one[1] < ci.loc[("a", 0.5), "ci_high"] < two[1]
 
 
 def test_runs_on_other_images_or_sigmas_are_refused():
@@ -95,6 +119,49 @@ def test_bootstrap_of_a_variant_that_wins_on_every_image_and_of_equal_variants()
     assert ahead.loc[("a", 0.5), "low"] >= 0 and ahead.loc[("a", 0.5), "p_better"] > 0.9
     with pytest.raises(ValueError, match=r"no results for the variants \['c'\]"):
         paired_bootstrap(results, [["a", "c"]], RADII, 10, 0.9, 0)
+
+
+# --- coverage of a variant's interval ---------------------------------------------------------
+#
+# Three seeds of a variant certify the same test images. Each image has its own difficulty q (the
+# probability that a seed certifies it), drawn from a beta distribution of mean P; the seeds then
+# certify it independently. The seeds agree on most images when the beta is concentrated near 0
+# and 1 (small SPREAD). The variant's true certified accuracy is P.
+
+SEEDS, IMAGES, SEED_TRIALS = 3, 359, 4000
+SEED_CASES = [(0.5, 1.0), (0.05, 2.0), (0.9, 0.3), (0.01, 0.5), (0.3, 20.0)]  # (P, SPREAD)
+SEED_FLOOR = 0.95 - 3 * math.sqrt(0.95 * 0.05 / SEED_TRIALS)  # 0.940
+
+
+def seed_coverage(interval) -> list[float]:
+    """Per case, the share of SEED_TRIALS test sets whose interval holds P; ``interval(counts)``
+    takes the images each seed certified, [trials, seeds]."""
+    rng = np.random.default_rng(99)
+    coverage = []
+    for p, spread in SEED_CASES:
+        q = rng.beta(p * spread, (1 - p) * spread, size=(SEED_TRIALS, IMAGES, 1))
+        counts = (rng.random((SEED_TRIALS, IMAGES, SEEDS)) < q).sum(axis=1)
+        low, high = interval(counts)
+        coverage.append(float(np.mean((low <= p) & (p <= high))))
+    return coverage
+
+
+def at_the_mean_count(counts):
+    """The comparison's: Clopper-Pearson at the mean count over the seeds."""
+    return clopper_pearson(counts.mean(axis=1), IMAGES, 0.95)
+
+
+def seeds_as_more_images(counts):
+    """WRONG: counts the seeds' certificates as SEEDS x IMAGES independent images."""
+    return clopper_pearson(counts.sum(axis=1), SEEDS * IMAGES, 0.95)
+
+
+def test_variant_intervals_hold_the_true_accuracy_at_least_at_their_level():
+    assert min(seed_coverage(at_the_mean_count)) >= SEED_FLOOR
+
+
+def test_the_coverage_check_catches_seeds_counted_as_images():
+    assert min(seed_coverage(seeds_as_more_images)) < SEED_FLOOR
 
 
 # --- coverage of the bootstrap interval -------------------------------------------------------
@@ -176,20 +243,26 @@ def test_the_coverage_check_catches_a_wrong_bootstrap(wrong):
 
 def test_markdown_and_metrics_show_the_table_and_the_gaps():
     results = hand_made()
-    table = summary_table(results, RADII)
+    table = summary_table(results, RADII, confidence=0.9)
     gaps = paired_bootstrap(results, [["a", "b"]], RADII, 100, 0.9, 0)
     text = markdown_report(table, gaps, 0.9)
     assert "on 4 test images, n = 1,000 noisy samples per certificate (mean)" in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert rows[1].split("|")[1:-1] == [
-        " a         ",
-        "       2 ",
-        " 62.5 ± 17.7 ",
-        " 37.5 ± 17.7 ",
+    a = table.set_index(["variant", "radius"]).loc["a", ["ci_low", "ci_high"]] * 100
+    assert [cell.strip() for cell in rows[1].split("|")[1:-1]] == [
+        "a",
+        "2",
+        f"62.5 ± 17.7 [{a.iloc[0, 0]:.1f}, {a.iloc[0, 1]:.1f}]",
+        f"37.5 ± 17.7 [{a.iloc[1, 0]:.1f}, {a.iloc[1, 1]:.1f}]",
     ]
     assert "+37.5 [" in rows[-1] and "90% paired-bootstrap interval" in text
+    prose = " ".join(text.split())
+    assert "the 90% Clopper-Pearson interval over the test images of the mean" in prose
+    assert "not a retraining" in prose and "on these same images" in prose
     found = metrics(table, gaps)
     assert found["a/r_0.50/mean"] == pytest.approx(0.375)
+    assert found["a/r_0.50/ci_low"] == pytest.approx(a.iloc[1, 0] / 100)
+    assert found["b/r_0.00/ci_high"] == pytest.approx(exact(1, 4, 0.9)[1])
     assert found["gap/a-b/r_0.00"] == pytest.approx(0.375)
     assert {"gap/a-b/r_0.00/low", "gap/a-b/r_0.00/high", "gap/a-b/r_0.00/p_better"} <= set(found)
 

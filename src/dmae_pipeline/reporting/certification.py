@@ -5,6 +5,12 @@ columns ``sigma idx predict radius correct`` of the per-image logs; with their `
 samples) and ``n_max`` columns too, the reports show the samples spent per image. Accuracies are
 fractions in [0, 1] everywhere except the Markdown table, which shows percentages as the papers
 do.
+
+Every certified accuracy comes with its Clopper-Pearson interval over the test images, and every
+ACR with a bootstrap (BCa) interval over them: they cover the choice of test images (each
+with its certification noise) for this trained model and these certification settings, not a
+retraining. The best-over-sigma figure picks its sigma on the same images, so its interval, that
+of the chosen sigma, leaves the choice out.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from numpy.typing import ArrayLike
+from scipy import stats
 
 from dmae_pipeline.reporting.names import BEST, curve_name, format_value
 from dmae_pipeline.smoothing import (
@@ -32,10 +41,73 @@ REQUIRED_COLUMNS = ("sigma", "idx", "predict", "radius", "correct")
 PER_SIGMA_COLUMNS = (
     "clean_accuracy", "abstain_rate", "acr", "mean_samples", "median_samples", "saving",
 )  # fmt: skip
+CI = ("ci_low", "ci_high")
+"""The ends of an interval: ``<column>_ci_low`` in tables, ``<metric>/ci_low`` in metrics."""
+BOOTSTRAP_BATCH = 100
+"""Bootstrap resamples drawn at once (memory: this many times the images)."""
 
 
 def radius_column(radius: float) -> str:
     return f"r_{format_value(radius)}"
+
+
+def ci_columns(column: str) -> list[str]:
+    """The columns of ``column``'s interval: ``r_0.50`` -> ``r_0.50_ci_low``, ``r_0.50_ci_high``."""
+    return [f"{column}_{end}" for end in CI]
+
+
+def radius_columns(table: pd.DataFrame) -> list[str]:
+    """The table's certified-accuracy columns, ``r_<radius>``, without their intervals."""
+    return [c for c in table.columns if c.startswith("r_") and not c.endswith(CI)]
+
+
+def level(confidence: float) -> str:
+    """A confidence level as people write it: 0.95 -> "95%", 0.975 -> "97.5%"."""
+    return f"{100 * confidence:.10g}%"
+
+
+def clopper_pearson(successes: ArrayLike, trials: ArrayLike, confidence: float) -> tuple[Any, Any]:
+    """The two-sided Clopper-Pearson (exact binomial) interval of a proportion, elementwise.
+
+    For whole counts it equals ``scipy.stats.binomtest(k, n).proportion_ci(confidence,
+    "exact")``: the beta quantiles ``B((1 - c) / 2; k, n - k + 1)`` and ``B((1 + c) / 2; k + 1,
+    n - k)``, 0 at k = 0 and 1 at k = n. A count in between whole numbers (a mean count over
+    seeds) takes the same quantiles.
+
+    :return: (low, high): floats for scalar inputs, else arrays of their broadcast shape
+    """
+    k, n = np.broadcast_arrays(np.asarray(successes, float), np.asarray(trials, float))
+    k = np.clip(k, 0, n)  # a mean count may stray past an end by rounding
+    tail = (1 - confidence) / 2
+    low, high = np.zeros(k.shape), np.ones(k.shape)
+    some, short = k > 0, k < n
+    low[some] = stats.beta.ppf(tail, k[some], n[some] - k[some] + 1)
+    high[short] = stats.beta.ppf(1 - tail, k[short] + 1, n[short] - k[short])
+    return (float(low), float(high)) if k.ndim == 0 else (low, high)
+
+
+def bootstrap_mean(
+    values: ArrayLike, confidence: float, resamples: int, seed: int
+) -> tuple[float, float]:
+    """The bootstrap interval of the mean of ``values`` (one per image) at level ``confidence``:
+    bias-corrected and accelerated (BCa), from ``resamples`` draws of as many images, with
+    replacement (``scipy.stats.bootstrap``); the same ``seed`` draws the same images. Values
+    that are all equal (one image, or nothing certified) leave nothing to resample: the interval
+    is their value.
+    """
+    values = np.asarray(values, dtype=float)
+    if np.ptp(values) == 0:
+        return float(values[0]), float(values[0])
+    interval = stats.bootstrap(
+        (values,),
+        np.mean,
+        confidence_level=confidence,
+        n_resamples=resamples,
+        method="BCa",
+        batch=BOOTSTRAP_BATCH,
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
+    return float(interval.low), float(interval.high)
 
 
 def check_results(results: pd.DataFrame) -> pd.DataFrame:
@@ -67,7 +139,14 @@ def check_results(results: pd.DataFrame) -> pd.DataFrame:
     return results
 
 
-def summary_table(results: pd.DataFrame, radii: Sequence[float]) -> pd.DataFrame:
+def summary_table(
+    results: pd.DataFrame,
+    radii: Sequence[float],
+    *,
+    confidence: float,
+    resamples: int,
+    seed: int,
+) -> pd.DataFrame:
     """One row per sigma, then the best-over-sigma row.
 
     Columns: ``sigma`` (label), ``images``, ``clean_accuracy`` (CERTIFY's accuracy, abstentions
@@ -76,7 +155,10 @@ def summary_table(results: pd.DataFrame, radii: Sequence[float]) -> pd.DataFrame
     estimation samples per image), and if also ``n_max``, ``saving`` (n_max / mean_samples: how
     many times fewer samples than fixed-n CERTIFY at n = n_max); then ``r_<radius>`` certified
     accuracies. The best row holds the envelope of the accuracies and leaves the per-sigma
-    columns empty.
+    columns empty. Then the intervals over the test images, at level ``confidence``:
+    ``acr_ci_low``, ``acr_ci_high`` (BCa bootstrap, ``resamples`` draws seeded by ``seed``, the
+    same draws of images for every sigma) and ``r_<radius>_ci_low``, ``r_<radius>_ci_high``
+    (Clopper-Pearson; on the best row, that of the count of the sigma chosen there).
     """
     results = check_results(results)
     rows, curves = [], []
@@ -84,6 +166,7 @@ def summary_table(results: pd.DataFrame, radii: Sequence[float]) -> pd.DataFrame
         radius, correct = group["radius"].to_numpy(), group["correct"].to_numpy()
         curve = certified_accuracy(radius, correct, radii)
         curves.append(curve)
+        acr_ci = bootstrap_mean(radius * correct, confidence, resamples, seed)
         rows.append(
             {
                 "sigma": format_value(sigma),
@@ -93,11 +176,17 @@ def summary_table(results: pd.DataFrame, radii: Sequence[float]) -> pd.DataFrame
                 "acr": average_certified_radius(radius, correct),
                 **_samples(group),
                 **{radius_column(r): a for r, a in zip(radii, curve, strict=True)},
+                **dict(zip(ci_columns("acr"), acr_ci, strict=True)),
             }
         )
+    images = rows[0]["images"]
     best = {radius_column(r): a for r, a in zip(radii, best_over_sigma(curves), strict=True)}
-    rows.append({"sigma": BEST, "images": rows[0]["images"], **best})
-    return pd.DataFrame(rows)
+    rows.append({"sigma": BEST, "images": images, **best})
+    table = pd.DataFrame(rows)
+    for column in radius_columns(table):
+        low, high = clopper_pearson(np.rint(table[column] * images), images, confidence)
+        table[ci_columns(column)] = np.column_stack([low, high])
+    return table
 
 
 def _samples(group: pd.DataFrame) -> dict[str, float]:
@@ -131,10 +220,11 @@ def radius_grid(results: pd.DataFrame, max_radius: float, step: float = RADIUS_U
 
 
 def curve_table(
-    results: pd.DataFrame, max_radius: float, step: float = RADIUS_UNIT
+    results: pd.DataFrame, max_radius: float, step: float = RADIUS_UNIT, *, confidence: float
 ) -> pd.DataFrame:
     """Certified accuracy on a fine radius grid (see ``radius_grid``), in long format: columns
-    ``sigma`` (label, or ``best`` for the envelope), ``radius``, ``certified_accuracy``."""
+    ``sigma`` (label, or ``best`` for the envelope), ``radius``, ``certified_accuracy``, and its
+    Clopper-Pearson interval at level ``confidence``, ``ci_low`` and ``ci_high``."""
     results = check_results(results)
     grid = radius_grid(results, max_radius, step)
     curves = {
@@ -142,33 +232,50 @@ def curve_table(
         for sigma, group in results.groupby("sigma", sort=True)
     }
     curves[BEST] = best_over_sigma(curves)
-    return pd.DataFrame(
+    table = pd.DataFrame(
         [
             {"sigma": label, "radius": r, "certified_accuracy": a}
             for label, curve in curves.items()
             for r, a in zip(grid, curve, strict=True)
         ]
     )
+    images = results["idx"].nunique()
+    counts = np.rint(table["certified_accuracy"] * images)
+    table["ci_low"], table["ci_high"] = clopper_pearson(counts, images, confidence)
+    return table
 
 
 def _scalar_metrics(table: pd.DataFrame) -> Iterator[tuple[str, str, float]]:
-    """(group, name, value) for every number of the summary table."""
-    radius_columns = [c for c in table.columns if c.startswith("r_")]
+    """(group, name, value) for every number of the summary table, each interval's ends right
+    after its value."""
+    accuracies = radius_columns(table)
     for row in table.to_dict("records"):
         curve = curve_name(row["sigma"])
-        for column in radius_columns:
-            yield "certified_accuracy", f"{curve}/{column}", float(row[column])
+        for column in accuracies:
+            for suffix, value in _with_interval(row, column):
+                yield "certified_accuracy", f"{curve}/{column}{suffix}", value
         if row["sigma"] != BEST:
             for column in PER_SIGMA_COLUMNS:
                 if column in row:
-                    yield column, curve, float(row[column])
+                    for suffix, value in _with_interval(row, column):
+                        yield column, f"{curve}{suffix}", value
+
+
+def _with_interval(row: Mapping[str, Any], column: str) -> Iterator[tuple[str, float]]:
+    """("", the row's value of ``column``), then ("/ci_low", ...), ("/ci_high", ...) where the
+    row has the column's interval."""
+    yield "", float(row[column])
+    for end, key in zip(CI, ci_columns(column), strict=True):
+        if key in row:
+            yield f"/{end}", float(row[key])
 
 
 def flat_metrics(table: pd.DataFrame) -> dict[str, float]:
     """The summary table as flat metrics (for ``dvc metrics``): ``sigma_0.25/r_0.50``,
-    ``best/r_0.50``, ``acr/sigma_0.25``, ``abstain_rate/sigma_0.25``,
-    ``clean_accuracy/sigma_0.25`` and, if the table has them, ``mean_samples/sigma_0.25``,
-    ``median_samples/sigma_0.25``, ``saving/sigma_0.25``."""
+    ``best/r_0.50``, each with its interval (``best/r_0.50/ci_low``, ``.../ci_high``),
+    ``acr/sigma_0.25`` (and ``acr/sigma_0.25/ci_low``, ``.../ci_high``),
+    ``abstain_rate/sigma_0.25``, ``clean_accuracy/sigma_0.25`` and, if the table has them,
+    ``mean_samples/sigma_0.25``, ``median_samples/sigma_0.25``, ``saving/sigma_0.25``."""
     return {
         name if group == "certified_accuracy" else f"{group}/{name}": value
         for group, name, value in _scalar_metrics(table)
@@ -179,8 +286,10 @@ def metric_histories(table: pd.DataFrame, curve: pd.DataFrame) -> dict[str, Any]
     """Metrics for an MLflow run, as kedro-mlflow's MlflowMetricsHistoryDataset takes them.
 
     Scalars (step 0): ``certified_accuracy/sigma_0.25/r_0.50``, ``certified_accuracy/best/r_0.50``,
-    ``acr/sigma_0.25``, ``abstain_rate/...``, ``clean_accuracy/...`` and, if the table has them,
-    ``mean_samples/...``, ``median_samples/...``, ``saving/...``. Each curve is a history,
+    each with its interval (``certified_accuracy/best/r_0.50/ci_low``, ``.../ci_high``),
+    ``acr/sigma_0.25`` (and ``acr/sigma_0.25/ci_low``, ``.../ci_high``), ``abstain_rate/...``,
+    ``clean_accuracy/...`` and, if the table has them, ``mean_samples/...``,
+    ``median_samples/...``, ``saving/...``. Each curve is a history,
     ``certified_accuracy_curve/sigma_0.25`` (and ``/best``), whose step is the radius in units of
     RADIUS_UNIT (hundredths), so the MLflow UI draws it against the radius.
     """
@@ -205,16 +314,41 @@ def _formatted(values: pd.Series, template: str) -> pd.Series:
     return values.map(lambda v: "" if pd.isna(v) else template.format(v))
 
 
+def _with_ci(table: pd.DataFrame, column: str, template: str, scale: float = 1.0) -> pd.Series:
+    """``column``'s values with their intervals, ``value [low, high]``, each number ``scale``d
+    and put into ``template``; empty where the value is missing."""
+
+    def shown(value: float) -> str:
+        return template.format(scale * value)
+
+    low, high = ci_columns(column)
+    return pd.Series(
+        [
+            "" if pd.isna(v) else f"{shown(v)} [{shown(lo)}, {shown(hi)}]"
+            for v, lo, hi in zip(table[column], table[low], table[high], strict=True)
+        ],
+        index=table.index,
+    )
+
+
 def markdown_report(
-    table: pd.DataFrame, dataset: str, reference_points: Sequence[Mapping[str, Any]] = ()
+    table: pd.DataFrame,
+    dataset: str,
+    reference_points: Sequence[Mapping[str, Any]] = (),
+    *,
+    confidence: float,
+    resamples: int,
+    seed: int,
 ) -> str:
-    """The summary table (and the published reference points, if any) as Markdown."""
-    radius_columns = [c for c in table.columns if c.startswith("r_")]
+    """The summary table with its intervals (level ``confidence``; ACR's from ``resamples``
+    bootstrap draws seeded by ``seed``), and the published reference points, if any, as
+    Markdown."""
+    images = int(table["images"].iloc[0])
     shown = pd.DataFrame(
         {
             "sigma": [f"**{s}**" if s == BEST else s for s in table["sigma"]],
-            **{f"r = {c[2:]}": table[c].map(_percent) for c in radius_columns},
-            "ACR": _formatted(table["acr"], "{:.3f}"),
+            **{f"r = {c[2:]}": _with_ci(table, c, "{:.1f}", 100) for c in radius_columns(table)},
+            "ACR": _with_ci(table, "acr", "{:.3f}"),
             "abstain (%)": table["abstain_rate"].map(_percent),
             "clean (%)": table["clean_accuracy"].map(_percent),
         }
@@ -230,9 +364,17 @@ def markdown_report(
     text = (
         f"# Certified accuracy: {dataset}\n\n"
         f"Certified accuracy (%) of the smoothed classifier at L2 radius r, in [0, 1] pixel units, "
-        f"on {int(table['images'].iloc[0])} test images; **best** is the best over sigma at each "
+        f"on {images} test images; **best** is the best over sigma at each "
         "radius. ACR: average certified radius. Clean: the smoothed classifier's accuracy "
-        f"(abstentions count as errors).{note + '.' if note else ''}\n\n" + markdown_table(shown)
+        f"(abstentions count as errors).{note + '.' if note else ''}\n\n"
+        f"In brackets, {level(confidence)} intervals over the test images: for a certified "
+        f"accuracy the Clopper-Pearson (exact binomial) interval of its count out of {images}, "
+        f"for ACR the BCa bootstrap ({resamples:,} resamples of the images, seed {seed}). "
+        "They cover the choice of test images, each with its certification noise, for this "
+        "trained model and these certification settings; not a retraining. **best** takes at "
+        "each radius the sigma that does best on these same images, and its interval is that "
+        "sigma's: it leaves the choice out, so the best row leans high where sigmas are "
+        "close.\n\n" + markdown_table(shown)
     )
     if reference_points:
         radii = sorted({float(r) for point in reference_points for r in point["radii"]})
@@ -263,16 +405,21 @@ def markdown_table(frame: pd.DataFrame, label_column: bool = False) -> str:
 
 
 def plot_curves(
-    curve: pd.DataFrame, dataset: str, reference_points: Sequence[Mapping[str, Any]] = ()
+    curve: pd.DataFrame,
+    dataset: str,
+    reference_points: Sequence[Mapping[str, Any]] = (),
+    *,
+    confidence: float,
 ) -> Figure:
-    """Certified accuracy against radius: a step curve per sigma, the best-over-sigma envelope
-    (dashed) and the published reference points (markers)."""
+    """Certified accuracy against radius: a step curve per sigma with its Clopper-Pearson band
+    (level ``confidence``, shaded), the best-over-sigma envelope (dashed; its band is that of the
+    sigma it follows) and the published reference points (markers)."""
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.subplots()
     for label, group in curve.groupby("sigma", sort=False):
         label = str(label)
         envelope = label == BEST
-        axes.step(
+        (line,) = axes.step(
             group["radius"],
             group["certified_accuracy"],
             where="post",
@@ -282,6 +429,16 @@ def plot_curves(
             linewidth=2.2 if envelope else 1.5,
             zorder=3 if envelope else 2,
         )
+        if not envelope:
+            axes.fill_between(
+                group["radius"],
+                group["ci_low"],
+                group["ci_high"],
+                step="post",
+                color=line.get_color(),
+                alpha=0.15,
+                linewidth=0,
+            )
     for point, marker in zip(reference_points, itertools.cycle("os^Dv<>p*"), strict=False):
         axes.scatter(
             point["radii"],
@@ -301,5 +458,8 @@ def plot_curves(
         ylim=(0, 1.02),
     )
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
+    band = Patch(
+        color="grey", alpha=0.3, label=f"{level(confidence)} Clopper-Pearson band (test images)"
+    )
+    axes.legend(handles=[*axes.get_legend_handles_labels()[0], band], fontsize="small")
     return figure

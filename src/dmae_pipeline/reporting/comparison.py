@@ -6,7 +6,10 @@ sigma, image), with at least the columns ``variant seed sigma idx predict radius
 ``n``, the noisy samples of each certificate, where known). Every run must have certified the
 same images at the same sigmas: the variants are compared on the same images, and each bootstrap
 resample of the images applies to every run alike (paired). A variant's score at radius r is the
-mean over its seeds of the best-over-sigma certified accuracy at r.
+mean over its seeds of the best-over-sigma certified accuracy at r; its interval over the test
+images is the Clopper-Pearson interval of the mean count of images certified there. That is exact
+for one seed; for several it treats the mean count as binomial, the largest variance that an
+average over seeds of per-image outcomes, each in [0, 1], can have, so it errs wide.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from dmae_pipeline.reporting.certification import (
+    CI,
     check_results,
+    clopper_pearson,
+    level,
     markdown_table,
     radius_column,
     radius_grid,
@@ -96,11 +102,23 @@ def _every_image(hits: Mapping[tuple[str, int], np.ndarray]) -> np.ndarray:
     return np.ones((1, next(iter(hits.values())).shape[1]), dtype=np.int64)
 
 
-def summary_table(results: pd.DataFrame, radii: Sequence[float]) -> pd.DataFrame:
+def summary_table(
+    results: pd.DataFrame, radii: Sequence[float], *, confidence: float
+) -> pd.DataFrame:
     """Per variant and radius, the best-over-sigma certified accuracy over the seeds: columns
     ``variant``, ``radius``, ``seeds``, ``images``, ``samples`` (mean noisy samples per
     certificate, NaN if unknown), ``mean``, ``std`` (sample standard deviation; NaN for one
-    seed), ``min``, ``max``."""
+    seed), ``min``, ``max``, and ``ci_low``, ``ci_high``: the Clopper-Pearson interval of the
+    mean (see the module) at level ``confidence``."""
+    table = _spread(results, radii)
+    table["ci_low"], table["ci_high"] = clopper_pearson(
+        table["mean"] * table["images"], table["images"], confidence
+    )
+    return table
+
+
+def _spread(results: pd.DataFrame, radii: Sequence[float]) -> pd.DataFrame:
+    """``summary_table`` without the intervals."""
     results = check_runs(results)
     hits = _hits(results, radii)
     images = _every_image(hits)
@@ -168,7 +186,8 @@ def paired_bootstrap(
 
 
 def markdown_report(summary: pd.DataFrame, gaps: pd.DataFrame, confidence: float) -> str:
-    """The summary table and the gaps as Markdown, accuracies in percent."""
+    """The summary table and the gaps as Markdown, accuracies in percent; ``confidence``: the
+    level of the intervals of both."""
     first = summary.iloc[0]
     samples = first["samples"]
     samples = (
@@ -193,9 +212,15 @@ def markdown_report(summary: pd.DataFrame, gaps: pd.DataFrame, confidence: float
         "# Certified accuracy by variant\n\n"
         "Certified accuracy (%) of the smoothed classifier at L2 radius r, best over sigma, "
         f"mean ± standard deviation over the seeds, on {int(first['images'])} test images"
-        f"{samples}.\n\n" + markdown_table(accuracy, label_column=True) + "\n## Gaps\n\n"
+        f"{samples}. In brackets, the {level(confidence)} Clopper-Pearson interval over the "
+        "test images of the mean, from the mean count of images certified (exact for one seed; "
+        "for a mean over seeds it takes that count as binomial, which errs wide). It covers "
+        "the choice of test images for these trained models, not a retraining (the standard "
+        "deviation shows the seeds); each seed picks its best sigma on these same images.\n\n"
+        + markdown_table(accuracy, label_column=True)
+        + "\n## Gaps\n\n"
         "Gap in certified accuracy (percentage points, between the means over the seeds), its "
-        f"{confidence:.0%} paired-bootstrap interval over the test images, and the share of "
+        f"{level(confidence)} paired-bootstrap interval over the test images, and the share of "
         "resamples in which the first variant is ahead (ties count half).\n\n"
         + markdown_table(differences, label_column=True)
     )
@@ -203,7 +228,8 @@ def markdown_report(summary: pd.DataFrame, gaps: pd.DataFrame, confidence: float
 
 def _mean_std(row: Any) -> str:
     mean = f"{100 * row.mean:.1f}"
-    return mean if pd.isna(row.std) else f"{mean} ± {100 * row.std:.1f}"
+    spread = "" if pd.isna(row.std) else f" ± {100 * row.std:.1f}"
+    return f"{mean}{spread} [{100 * row.ci_low:.1f}, {100 * row.ci_high:.1f}]"
 
 
 def _gap(row: Any) -> str:
@@ -211,12 +237,12 @@ def _gap(row: Any) -> str:
 
 
 def metrics(summary: pd.DataFrame, gaps: pd.DataFrame) -> dict[str, float]:
-    """Flat metrics for a tracker: ``<variant>/r_0.50/mean`` (also ``std``),
-    ``gap/<variant>-<baseline>/r_0.50`` (also ``low``, ``high``, ``p_better``)."""
+    """Flat metrics for a tracker: ``<variant>/r_0.50/mean`` (also ``std``, ``ci_low``,
+    ``ci_high``), ``gap/<variant>-<baseline>/r_0.50`` (also ``low``, ``high``, ``p_better``)."""
     found = {
         f"{row.variant}/{radius_column(row.radius)}/{stat}": float(getattr(row, stat))
         for row in summary.itertuples()
-        for stat in ("mean", "std")
+        for stat in ("mean", "std", *CI)
         if not pd.isna(getattr(row, stat))
     }
     found |= {
@@ -233,7 +259,7 @@ def plot_comparison(results: pd.DataFrame, max_radius: float, title: str) -> Fig
     as a step curve, and the band from the lowest to the highest seed."""
     results = check_runs(results)
     grid = radius_grid(results, max_radius)
-    spread = summary_table(results, grid)
+    spread = _spread(results, grid)
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.subplots()
     for variant, group in spread.groupby("variant", sort=False):

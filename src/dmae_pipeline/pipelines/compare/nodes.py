@@ -50,8 +50,11 @@ def _pipelines(compare: CompareParams, variant: str) -> str:
 def tabulate_comparison(
     comparison_results: pd.DataFrame, compare: CompareParams
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Each variant's certified accuracy over its seeds, and the bootstrapped gaps."""
-    table = comparison.summary_table(comparison_results, compare.radii)
+    """Each variant's certified accuracy over its seeds with its interval over the test images,
+    and the bootstrapped gaps."""
+    table = comparison.summary_table(
+        comparison_results, compare.radii, confidence=compare.confidence
+    )
     gaps = comparison.paired_bootstrap(
         comparison_results,
         compare.gaps,

@@ -16,23 +16,38 @@ def _points(report: ReportParams) -> list[dict[str, Any]]:
     return [point.model_dump() for point in report.reference_points]
 
 
+def _intervals(report: ReportParams) -> dict[str, Any]:
+    return {
+        "confidence": report.confidence,
+        "resamples": report.bootstrap,
+        "seed": report.bootstrap_seed,
+    }
+
+
 def tabulate_certified_accuracy(
     certification_results: pd.DataFrame, report: ReportParams
 ) -> pd.DataFrame:
     """Certified accuracy per sigma at each radius and best over sigma, ACR, abstain rate and
-    clean accuracy."""
-    return tables.summary_table(certification_results, report.radii)
+    clean accuracy, with the intervals over the test images."""
+    return tables.summary_table(certification_results, report.radii, **_intervals(report))
 
 
 def tabulate_certified_accuracy_curves(
     certification_results: pd.DataFrame, report: ReportParams
 ) -> pd.DataFrame:
-    """Every sigma's curve and the envelope on a fine radius grid (long format)."""
-    return tables.curve_table(certification_results, max(report.radii), report.curve_step)
+    """Every sigma's curve and the envelope on a fine radius grid (long format), with bands."""
+    return tables.curve_table(
+        certification_results,
+        max(report.radii),
+        report.curve_step,
+        confidence=report.confidence,
+    )
 
 
 def write_markdown_report(certified_accuracy_table: pd.DataFrame, report: ReportParams) -> str:
-    return tables.markdown_report(certified_accuracy_table, report.dataset, _points(report))
+    return tables.markdown_report(
+        certified_accuracy_table, report.dataset, _points(report), **_intervals(report)
+    )
 
 
 def collect_certification_metrics(
@@ -46,4 +61,6 @@ def collect_certification_metrics(
 
 
 def plot_certified_accuracy(certified_accuracy_curve: pd.DataFrame, report: ReportParams) -> Figure:
-    return tables.plot_curves(certified_accuracy_curve, report.dataset, _points(report))
+    return tables.plot_curves(
+        certified_accuracy_curve, report.dataset, _points(report), confidence=report.confidence
+    )

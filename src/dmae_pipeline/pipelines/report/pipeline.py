@@ -1,5 +1,6 @@
 """report: certification_results, params:report -> certified-accuracy table (CSV, Markdown),
-curves (CSV), plot (PNG) and metrics (JSON for DVC, MLflow metrics and curve histories)."""
+curves (CSV), plot (PNG) and metrics (JSON for DVC, MLflow metrics and curve histories), every
+certified accuracy and ACR with its interval over the test images."""
 
 from kedro.pipeline import Pipeline, node
 
