@@ -329,7 +329,7 @@ def test_the_checks_catch_what_the_old_certify_stage_missed():
     code = missing_code("certify", OLD_CERTIFY)
     for file in ["data/transforms.py", "models/classifier.py", "io.py", "settings.py", "hooks.py"]:
         assert f"src/dmae_pipeline/{file}" in code
-    assert "src/dmae_pipeline/datasets/torch_file.py" in code  # the catalog's dataset type
+    assert "src/dmae_pipeline/catalog.py" in code  # the catalog's dataset type
     assert not any(f.startswith("src/dmae_pipeline/smoothing/") for f in code)
     conf = missing_conf("certify", OLD_CERTIFY)
     assert {"conf/base/catalog_data_prep.yml", "conf/base/catalog_finetune.yml"} <= set(conf)

@@ -22,8 +22,8 @@ from kedro.io import DataCatalog, MemoryDataset
 
 from conftest import run_kedro
 from dmae_pipeline import distributed
+from dmae_pipeline.catalog import DistributedCatalog, TorchFileDataset
 from dmae_pipeline.data import SplitDataset, build_transform
-from dmae_pipeline.datasets import DistributedCatalog, TorchFileDataset
 from dmae_pipeline.hooks import DistributedHook, TrackingHook
 from dmae_pipeline.io import safe_torch_load
 from dmae_pipeline.models import build_classifier
