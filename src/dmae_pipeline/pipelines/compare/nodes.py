@@ -6,9 +6,9 @@ Each run of the comparison (one variant, one seed: ``kedro run --env=compare
 ``<variant>/seed_<seed>/certification_results.csv``; these nodes read those of every configured
 variant and seed.
 
-``compare`` is null everywhere but in conf/compare, hence ``CompareParams | None``: Kedro checks the
-blocks of every registered pipeline for ``kedro viz``. A run of compare elsewhere stops before its
-first node, on ``run_certification_results``, which only conf/compare's catalog defines.
+``compare`` is null outside conf/compare, hence ``CompareParams | None`` (kedro viz validates the
+blocks of every registered pipeline); a run there stops before its first node anyway, since only
+conf/compare's catalog has ``run_certification_results``.
 """
 
 from __future__ import annotations

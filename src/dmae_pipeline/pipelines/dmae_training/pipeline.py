@@ -1,14 +1,8 @@
-"""dmae_training: a DMAE trained on the training split, one instance per stage, each under the
-stage's namespace and parameter block (a group of its own in kedro viz):
-
-- pretrain: dataset_spec, train_split, params:pretrain
-  -> pretrained_model (pipeline checkpoint), pretrained_export (released plain state dict),
-  pretrain_reconstruction (figure)
-- cifar_pretrain: the same and pretrained_model, params:cifar_pretrain -> cifar_pretrained_*
-
-cifar_pretrain reads pretrained_model even when its init names a released file, so that a full
-run orders pretrain first; the catalog marks it optional (None when missing).
-"""
+"""dmae_training: a DMAE trained on dataset_spec and train_split -> its checkpoint, the released
+plain state dict and a reconstruction figure; one instance per stage (pretrain, cifar_pretrain),
+each under the stage's namespace, parameter block and dataset names. cifar_pretrain also reads
+pretrained_model, even when its init names a file, so that a full run orders pretrain first
+(optional in the catalog: None when missing)."""
 
 from kedro.pipeline import Pipeline, node, pipeline
 
