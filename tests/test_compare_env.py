@@ -3,8 +3,6 @@ setting, each run (variant, seed) writing into folders of its own."""
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 from kedro.config import OmegaConfigLoader
 from kedro.framework.project import configure_project
@@ -48,14 +46,8 @@ def differences(a: dict, b: dict) -> set[str]:
 
 def written_paths(catalog: dict) -> set[str]:
     """Every file or folder that the catalog names for an output of a comparison's run."""
-    outputs = set().union(
-        *(
-            importlib.import_module(f"dmae_pipeline.pipelines.{name}")
-            .create_pipeline()
-            .all_outputs()
-            for name in PIPELINES
-        )
-    )
+    pipelines = register_pipelines()
+    outputs = set().union(*(pipelines[name].all_outputs() for name in PIPELINES))
     return {
         value
         for name in outputs & catalog.keys()

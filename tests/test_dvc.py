@@ -8,7 +8,6 @@ the files, lazy imports included), its datasets and parameter blocks, and conf/b
 from __future__ import annotations
 
 import ast
-import importlib
 import re
 import shlex
 from pathlib import Path
@@ -19,20 +18,22 @@ import yaml
 from parse import parse
 
 from conftest import PROJECT_ROOT
-from dmae_pipeline.pipeline_registry import OUTSIDE_THE_CHAIN
+from dmae_pipeline.pipeline_registry import register_pipelines
 
 SRC = PROJECT_ROOT / "src"
 BASE = PROJECT_ROOT / "conf" / "base"
-PIPELINES = SRC / "dmae_pipeline" / "pipelines"
+PIPELINES = register_pipelines()
 # The default chain's pipelines (compare runs on conf/compare, which DVC does not track).
 STAGES = sorted(
-    p.name
-    for p in PIPELINES.iterdir()
-    if (p / "__init__.py").is_file() and p.name not in OUTSIDE_THE_CHAIN
+    name
+    for name, pipeline in PIPELINES.items()
+    if name != "__default__" and set(pipeline.nodes) <= set(PIPELINES["__default__"].nodes)
 )
-# What every `kedro run` loads besides the stage's pipeline: the project's settings (and the
-# hooks they register) and the registry that maps pipeline names to pipelines.
-RUN_MODULES = ["dmae_pipeline.settings", "dmae_pipeline.pipeline_registry"]
+# What every `kedro run` loads besides the stage's pipeline package: the project's settings (and
+# the hooks they register), and the registry, whose file counts but whose imports (every
+# pipeline package) do not: a run runs its stage's nodes only.
+RUN_MODULES = ["dmae_pipeline.settings"]
+REGISTRY = SRC / "dmae_pipeline" / "pipeline_registry.py"
 
 
 def dvc_stages() -> dict[str, dict[str, Any]]:
@@ -150,7 +151,7 @@ def load_conf(file: Path) -> dict[str, Any]:
         value = folders
         for part in key.split("."):
             value = value[part]
-        return value
+        return str(value)
 
     return resolve(yaml.safe_load(file.read_text()) or {})
 
@@ -205,7 +206,12 @@ def dir_parameters(block: Any, prefix: str) -> dict[str, str]:
 
 
 def pipeline_of(name: str):
-    return importlib.import_module(f"dmae_pipeline.pipelines.{name}").create_pipeline()
+    return PIPELINES[name]
+
+
+def pipeline_packages(pipeline) -> list[str]:
+    """The packages under pipelines/ whose nodes ``pipeline`` runs."""
+    return sorted({node.func.__module__.rpartition(".")[0] for node in pipeline.nodes})
 
 
 def datasets_of(pipeline) -> set[str]:
@@ -230,7 +236,7 @@ def missing_code(name: str, stage: dict[str, Any]) -> list[str]:
         for _, entry in catalog_entries_for(dataset, entries_)
         for module in dataset_type_modules(entry)
     ]
-    files = code_closure([f"dmae_pipeline.pipelines.{name}", *RUN_MODULES, *types])
+    files = code_closure([*pipeline_packages(pipeline_of(name)), *RUN_MODULES, *types]) | {REGISTRY}
     deps = entries(stage, "deps")
     return sorted(relative(f) for f in files if not covered(relative(f), deps))
 
@@ -329,7 +335,7 @@ def test_the_checks_catch_what_the_old_certify_stage_missed():
     code = missing_code("certify", OLD_CERTIFY)
     for file in ["data/transforms.py", "models/classifier.py", "io.py", "settings.py", "hooks.py"]:
         assert f"src/dmae_pipeline/{file}" in code
-    assert "src/dmae_pipeline/datasets/torch_file.py" in code  # the catalog's dataset type
+    assert "src/dmae_pipeline/catalog.py" in code  # the catalog's dataset type
     assert not any(f.startswith("src/dmae_pipeline/smoothing/") for f in code)
     conf = missing_conf("certify", OLD_CERTIFY)
     assert {"conf/base/catalog_data_prep.yml", "conf/base/catalog_finetune.yml"} <= set(conf)

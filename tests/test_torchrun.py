@@ -22,8 +22,8 @@ from kedro.io import DataCatalog, MemoryDataset
 
 from conftest import run_kedro
 from dmae_pipeline import distributed
+from dmae_pipeline.catalog import DistributedCatalog, TorchFileDataset
 from dmae_pipeline.data import SplitDataset, build_transform
-from dmae_pipeline.datasets import DistributedCatalog, TorchFileDataset
 from dmae_pipeline.hooks import DistributedHook, TrackingHook
 from dmae_pipeline.io import safe_torch_load
 from dmae_pipeline.models import build_classifier
@@ -147,7 +147,7 @@ def test_training_under_torchrun_is_one_run_written_by_rank_0(kedro_project, tmp
                                          "data/06_models/cifar_pretrain/dmae.pt"}  # fmt: skip
     assert all(e["t"] > written[e["path"]] for e in read)
     # Rank 1 logs warnings only: each node's INFO lines appear once.
-    assert (done.stdout + done.stderr).count("Completed node: finetune_classifiers") == 1
+    assert (done.stdout + done.stderr).count("Completed node: finetune.finetune_classifiers") == 1
 
     run = only_run(kedro_project)
     assert run.info.status == "FINISHED"

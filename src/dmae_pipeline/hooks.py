@@ -20,8 +20,8 @@ from mlflow.entities import RunStatus
 from pydantic import BaseModel
 
 from dmae_pipeline import distributed
+from dmae_pipeline.catalog import DistributedCatalog
 from dmae_pipeline.data import expected_spec
-from dmae_pipeline.datasets import DistributedCatalog
 from dmae_pipeline.params import check_run
 
 logger = logging.getLogger(__name__)

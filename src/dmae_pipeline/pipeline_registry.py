@@ -1,14 +1,23 @@
-"""One Kedro pipeline per folder under pipelines/; ``__default__`` chains them all but compare,
-which sets the runs of the compare env against each other after they are done."""
+"""The pipelines, one per stage, each under a namespace of its name; ``__default__`` chains the
+stages. compare, outside the chain, sets the runs of the compare env against each other once
+they are done."""
 
-from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
-OUTSIDE_THE_CHAIN = ("compare",)
+from dmae_pipeline.pipelines import certify, compare, data_prep, dmae_training, finetune, report
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    pipelines = find_pipelines(raise_errors=True)
-    chain = [p for name, p in pipelines.items() if name not in OUTSIDE_THE_CHAIN]
-    pipelines["__default__"] = sum(chain, Pipeline([]))
-    return pipelines
+    stages = {
+        "data_prep": data_prep.create_pipeline(),
+        "pretrain": dmae_training.create_pipeline("pretrain"),
+        "cifar_pretrain": dmae_training.create_pipeline("cifar_pretrain"),
+        "finetune": finetune.create_pipeline(),
+        "certify": certify.create_pipeline(),
+        "report": report.create_pipeline(),
+    }
+    return {
+        **stages,
+        "__default__": sum(stages.values(), Pipeline([])),
+        "compare": compare.create_pipeline(),
+    }

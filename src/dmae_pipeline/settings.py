@@ -6,7 +6,7 @@ from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
 from dmae_pipeline import distributed
-from dmae_pipeline.datasets import DistributedCatalog
+from dmae_pipeline.catalog import DistributedCatalog
 from dmae_pipeline.hooks import DistributedHook, MlflowRunTagsHook, ParamsHook, TrackingHook
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader

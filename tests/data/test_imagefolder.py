@@ -10,13 +10,13 @@ from fixture_files import solid_image, write_image_folder
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from dmae_pipeline.catalog import TorchFileDataset
 from dmae_pipeline.data import (
     SplitDataset,
     build_transform,
     prepare,
     read_imagefolder,
 )
-from dmae_pipeline.datasets import TorchFileDataset
 
 
 @pytest.fixture

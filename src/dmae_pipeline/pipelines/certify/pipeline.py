@@ -29,5 +29,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="certification_results",
                 name="merge_certification_logs",
             ),
-        ]
+        ],
+        namespace="certify",
+        prefix_datasets_with_namespace=False,
     )

@@ -5,6 +5,10 @@ Each run of the comparison (one variant, one seed: ``kedro run --env=compare
 --params=compare.variant=V,compare.seed=S``) writes its certification results to
 ``<variant>/seed_<seed>/certification_results.csv``; these nodes read those of every configured
 variant and seed.
+
+``compare`` is null outside conf/compare, hence ``CompareParams | None`` (kedro viz validates the
+blocks of every registered pipeline); a run there stops before its first node anyway, since only
+conf/compare's catalog has ``run_certification_results``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from dmae_pipeline.reporting import comparison
 
 
 def collect_runs(
-    run_certification_results: Mapping[str, Callable[[], pd.DataFrame]], compare: CompareParams
+    run_certification_results: Mapping[str, Callable[[], pd.DataFrame]],
+    compare: CompareParams | None,
 ) -> pd.DataFrame:
     """Every configured run's certification results in one table, with ``variant`` and ``seed``
     columns; refuses, naming the commands that make them, while any run's results are missing."""
@@ -48,7 +53,7 @@ def _pipelines(compare: CompareParams, variant: str) -> str:
 
 
 def tabulate_comparison(
-    comparison_results: pd.DataFrame, compare: CompareParams
+    comparison_results: pd.DataFrame, compare: CompareParams | None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each variant's certified accuracy over its seeds with its interval over the test images,
     and the bootstrapped gaps."""
@@ -67,7 +72,7 @@ def tabulate_comparison(
 
 
 def write_comparison_markdown(
-    comparison_table: pd.DataFrame, comparison_gaps: pd.DataFrame, compare: CompareParams
+    comparison_table: pd.DataFrame, comparison_gaps: pd.DataFrame, compare: CompareParams | None
 ) -> str:
     return comparison.markdown_report(comparison_table, comparison_gaps, compare.confidence)
 
@@ -83,6 +88,6 @@ def collect_comparison_metrics(
 
 
 def plot_comparison(
-    comparison_results: pd.DataFrame, compare: CompareParams, report: ReportParams
+    comparison_results: pd.DataFrame, compare: CompareParams | None, report: ReportParams
 ) -> Figure:
     return comparison.plot_comparison(comparison_results, max(compare.radii), report.dataset)

@@ -49,5 +49,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="comparison_plot",
                 name="plot_comparison",
             ),
-        ]
+        ],
+        namespace="compare",
+        prefix_datasets_with_namespace=False,
     )

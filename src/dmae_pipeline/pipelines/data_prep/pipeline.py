@@ -14,5 +14,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs=["dataset_spec", "train_split", "val_split", "test_split"],
                 name="prepare_dataset",
             )
-        ]
+        ],
+        namespace="data_prep",
+        prefix_datasets_with_namespace=False,
     )

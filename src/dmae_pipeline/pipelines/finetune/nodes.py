@@ -2,7 +2,7 @@
 
 The work is in ``dmae_pipeline.models`` (the classifier, its initial weights),
 ``dmae_pipeline.training`` (the engine, the noise + consistency loss, accuracy under noise) and
-``pipelines.stages``.
+``training_stages``.
 
 A partition of ``finetuned_models`` keeps the weights under 'model' and the epoch under 'epoch',
 as the released finetuned files do, so loaders of that format read it. The exact released file
@@ -25,7 +25,6 @@ from dmae_pipeline.data import SplitDataset, build_transform
 from dmae_pipeline.io import state_digest
 from dmae_pipeline.models import build_classifier, cpu_state
 from dmae_pipeline.params import FinetuneParams, check_architecture
-from dmae_pipeline.pipelines.stages import dataset_fields, initial_model, initial_weights, train
 from dmae_pipeline.reporting.names import sigma_label
 from dmae_pipeline.training import (
     accuracy_evaluator,
@@ -33,6 +32,7 @@ from dmae_pipeline.training import (
     noisy_classification_loss,
     param_groups,
 )
+from dmae_pipeline.training_stages import dataset_fields, initial_model, initial_weights, train
 
 logger = logging.getLogger(__name__)
 

@@ -26,5 +26,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs=["finetuned_models", "finetune_validation"],
                 name="finetune_classifiers",
             )
-        ]
+        ],
+        namespace="finetune",
+        prefix_datasets_with_namespace=False,
     )

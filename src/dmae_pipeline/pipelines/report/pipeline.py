@@ -46,5 +46,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="certified_accuracy_plot",
                 name="plot_certified_accuracy",
             ),
-        ]
+        ],
+        namespace="report",
+        prefix_datasets_with_namespace=False,
     )

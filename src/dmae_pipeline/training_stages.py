@@ -1,9 +1,8 @@
-"""What the nodes of the three training stages (pretrain, cifar_pretrain, finetune) share: where
-the weights start, the run folder, and the engine's run with its epochs tracked in MLflow."""
+"""What the nodes of the training stages (pretrain, cifar_pretrain, finetune) share: where the
+weights start, the run folder, and the engine's run with its epochs tracked in MLflow."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
@@ -11,18 +10,14 @@ from typing import Any, TypeVar
 
 import mlflow
 import torch
-from matplotlib.figure import Figure
 from torch.utils.data import Dataset
 
 from dmae_pipeline import distributed
-from dmae_pipeline.data import SplitDataset, build_transform
-from dmae_pipeline.io import exclusive_lock, state_digest
-from dmae_pipeline.models import DMAE, build_dmae, cpu_state, load_init, read_init, seeded
-from dmae_pipeline.params import SCRATCH, PretrainParams, StageParams, check_architecture
-from dmae_pipeline.reporting.reconstruction import reconstruction_figure
+from dmae_pipeline.io import exclusive_lock
+from dmae_pipeline.models import load_init, read_init, seeded
+from dmae_pipeline.params import SCRATCH, StageParams
 from dmae_pipeline.training import claim_run_dir, derive_seed, fit
 
-logger = logging.getLogger(__name__)
 M = TypeVar("M", bound=torch.nn.Module)
 
 # Streams of train.seed, apart from the training engine's: a model's random initial weights, and
@@ -110,65 +105,3 @@ def log_epoch(record: Mapping[str, Any], prefix: str) -> None:
     if mlflow.active_run() is not None:
         metrics = {f"{prefix}{k}": v for k, v in record.items() if k != "epoch"}
         mlflow.log_metrics(metrics, step=record["epoch"])
-
-
-def train_dmae(
-    dataset_spec: Mapping[str, Any],
-    train_split: Mapping[str, Any],
-    params: PretrainParams,
-    checkpoints: Mapping[str, Mapping[str, Any] | None],
-) -> tuple[dict[str, Any], dict[str, torch.Tensor], Figure]:
-    """Train a DMAE on ``train_split`` from ``params.init`` (pretrain and cifar_pretrain).
-
-    Returns the pipeline checkpoint {"model", "config", "epoch"}, the released plain state dict
-    and the reconstruction figure of the first ``figure_images`` training images.
-    """
-    state, base, source = initial_weights(params, checkpoints)
-    config = params.architecture({**base, **dataset_fields(dataset_spec)})
-    check_architecture(config, f"{params.block}.model")
-    model = initial_model(build_dmae, config, params, state)
-    transform = build_transform(dataset_spec, train=True, augment=params.augment.transform_args())
-    train_set = SplitDataset(train_split, transform)
-    logger.info(
-        "%s: DMAE %s (%.2fM parameters, sigma %g, mask ratio %g) from %s on %d images",
-        params.block,
-        config["preset"],
-        sum(p.numel() for p in model.parameters()) / 1e6,
-        model.sigma,
-        model.mask_ratio,
-        source,
-        len(train_set),
-    )
-    identity = {
-        "model": model.config,
-        "augment": params.augment.transform_args(),
-        "dataset": {k: dataset_spec[k] for k in ("name", "image_size", "channels", "split_sizes")},
-        "init": None if state is None else state_digest(state),
-    }
-    history = train(
-        model,
-        train_set,
-        params,
-        Path(params.run_dir),
-        identity,
-        loss_fn=dmae_loss,
-        name=params.block,
-    )["history"]
-    logger.info(
-        "%s: train_loss %.4f (epoch 1) -> %.4f (epoch %d)",
-        params.block,
-        history[0]["train_loss"],
-        history[-1]["train_loss"],
-        history[-1]["epoch"],
-    )
-    shown = SplitDataset(train_split, build_transform(dataset_spec, train=False))
-    images = torch.stack([shown[i][0] for i in range(min(params.figure_images, len(shown)))])
-    generator = torch.Generator().manual_seed(derive_seed(params.train.seed, FIGURE_STREAM))
-    state = cpu_state(model)
-    checkpoint = {"model": state, "config": model.config, "epoch": history[-1]["epoch"]}
-    return checkpoint, state, reconstruction_figure(model, images, generator)
-
-
-def dmae_loss(model: DMAE, batch: tuple, generator: torch.Generator) -> torch.Tensor:
-    """The training engine's loss_fn: the DMAE's own reconstruction loss on the batch images."""
-    return model(batch[0], generator=generator)[0]
