@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
@@ -81,16 +82,25 @@ class Params(BaseModel):
     block: ClassVar[str] = ""
     """The top-level key this model validates (for messages)."""
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        """Refuse unknown keys, naming the keys allowed there."""
-        unknown = [k for k in data if k not in cls.model_fields] if isinstance(data, dict) else []
-        if unknown:
+    def _name_allowed_keys(cls, data: Any, handler: ModelWrapValidatorHandler) -> Any:
+        """Pydantic's refusal of an unknown key here, naming the keys allowed here."""
+        try:
+            return handler(data)
+        except ValidationError as e:
             allowed = f"unknown key; allowed here: {', '.join(cls.model_fields)}"
-            errors = [_error(str(key), allowed, data[key]) for key in unknown]
-            raise ValidationError.from_exception_data("parameters", errors)
-        return data
+            errors = [
+                _error(str(error["loc"][0]), allowed, error["input"])
+                if error["type"] == "extra_forbidden" and len(error["loc"]) == 1
+                else InitErrorDetails(
+                    type=PydanticCustomError(error["type"], error["msg"]),
+                    loc=error["loc"],
+                    input=error["input"],
+                )
+                for error in e.errors()
+            ]
+            raise ValidationError.from_exception_data("parameters", errors) from None
 
     @classmethod
     def model_validate(cls, obj: Any, **kwargs: Any) -> Params:

@@ -113,9 +113,13 @@ def test_released_dmae_file_into_a_classifier_reports_the_rest(tiny_encoder, cap
     assert "decoder_blocks.* (12)" in message
 
 
-def test_finetuned_shape_with_wrapper_prefix_loads(tiny_encoder, tmp_path):
+@pytest.mark.parametrize(
+    "prefix", ["module.", "_orig_mod.", "_orig_mod.module.", "module._orig_mod."]
+)
+def test_finetuned_shape_with_wrapper_prefix_loads(tiny_encoder, tmp_path, prefix):
+    """DDP's and torch.compile's prefixes, also nested (the engine compiles a DDP model)."""
     source = build_classifier("tiny", 10, **tiny_encoder)
-    wrapped = {f"module.{k}": v for k, v in source.state_dict().items()}
+    wrapped = {f"{prefix}{k}": v for k, v in source.state_dict().items()}
     path = tmp_path / "finetuned.pth"
     checkpoint = {"model": wrapped, "optimizer": {}, "epoch": 3, "args": {"lr": 1e-3}}
     atomic_torch_save({**checkpoint, "config": source.config}, path)
