@@ -14,7 +14,6 @@ from dmae_pipeline.data.splits import (
     check_split,
     split_indices,
     split_length,
-    split_sizes,
     subset,
 )
 from dmae_pipeline.data.transforms import build_transform
@@ -34,6 +33,5 @@ __all__ = [
     "read_source",
     "split_indices",
     "split_length",
-    "split_sizes",
     "subset",
 ]

@@ -25,21 +25,15 @@ def expected_spec(source: str, val_fraction: float, test_fraction: float | None)
     }.get(source)
     if own is None:
         return None
-    sizes = split_sizes(own["train"], _held_out(source, own, val_fraction, test_fraction))
+    sizes = split_sizes(own["train"], _held_out(own, val_fraction, test_fraction))
     # both sources have ten classes
     return {"num_classes": 10, "split_sizes": {"test": own.get("test"), **sizes}}
 
 
-def _held_out(
-    source: str, own: dict, val_fraction: float, test_fraction: float | None
-) -> dict[str, float]:
-    """The fractions of the source's train split to hold out: val, and test where the source
-    has no test split of its own (``own``: its splits, or their sizes)."""
-    if "test" in own:
-        return {"val": val_fraction}
-    if test_fraction is None:
-        raise ValueError(f"test_fraction is needed: {source} has no test split of its own")
-    return {"val": val_fraction, "test": test_fraction}
+def _held_out(own: dict, val_fraction: float, test_fraction: float | None) -> dict[str, float]:
+    """The fractions of the train split to hold out: val, and test where the source has no test
+    split of its own (``own``: its splits, or their sizes)."""
+    return {"val": val_fraction, **({} if "test" in own else {"test": test_fraction})}
 
 
 def read_source(
@@ -74,7 +68,9 @@ def prepare(
     """
     data = read_source(source, image_size, raw_dir, download, url, md5)
     own = data.splits
-    held_out = _held_out(source, own, val_fraction, test_fraction)
+    if "test" not in own and test_fraction is None:
+        raise ValueError(f"test_fraction is needed: {source} has no test split of its own")
+    held_out = _held_out(own, val_fraction, test_fraction)
     parts = split_indices(split_length(own["train"]), held_out, seed)
     splits = {part: subset(own["train"], indices) for part, indices in parts.items()}
     if "test" in own:
