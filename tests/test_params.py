@@ -9,15 +9,8 @@ import pytest
 
 from conftest import env_parameters
 from dmae_pipeline.data import cifar10, expected_spec
-from dmae_pipeline.models import build_classifier, build_dmae, encoder_config
-from dmae_pipeline.params import (
-    BLOCKS,
-    DatasetSpec,
-    ParamsError,
-    check_architecture,
-    check_dataset_spec,
-    check_run,
-)
+from dmae_pipeline.models import build_classifier, build_dmae, check_architecture, encoder_config
+from dmae_pipeline.params import BLOCKS, DatasetSpec, ParamsError, check_dataset_spec, check_run
 
 ENVS = ("base", "test", "cifar10", "imagenet")
 
@@ -289,7 +282,7 @@ def test_torchrun_world_sizes_that_cannot_split_the_batch_are_refused():
 def test_architecture_checks_name_the_block():
     config = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "num_heads": 2}
     check_architecture(config, "x.model")
-    with pytest.raises(ParamsError, match=r"x\.model: embed_dim=30 must be divisible"):
+    with pytest.raises(ValueError, match=r"x\.model: embed_dim=30 must be divisible"):
         check_architecture({**config, "embed_dim": 30}, "x.model")
 
 

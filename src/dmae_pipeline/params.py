@@ -1,36 +1,50 @@
 """The parameter blocks of conf/, one typed model each: the one place where parameters are checked.
 
 Each node types its ``params:<block>`` input with the block's model, so Kedro validates every
-block of a run's pipelines when it builds the catalog, before the first node starts, and the nodes
-receive the models. :func:`check_run` (called by ``hooks.ParamsHook``) adds what one block cannot
-know: unknown blocks, and combinations across blocks and with the data (a model whose mask leaves
-no patch visible, a batch larger than the training set, a configuration that the processes of a
-``torchrun`` launch cannot split). Every message names the full dotted key, what is allowed and the
-value given.
+block of a run's pipelines when it builds the catalog, before the first node starts. A rule across
+fields raises pydantic's error at the field it names; every error reads ``<dotted key>: <what is
+allowed>, got <value>``. :func:`check_run` (``hooks.ParamsHook``) adds what one block cannot know:
+unknown blocks, and combinations across blocks and with the data.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Iterator, Mapping
+from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, NoReturn
 
 from kedro.validation.exceptions import ModelInstantiationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from dmae_pipeline.models import PRESETS, classifier_config, dmae_config, encoder_config
-from dmae_pipeline.training import TrainConfig, split_batch
+from dmae_pipeline.data import SourceName
+from dmae_pipeline.models import (
+    PRESETS,
+    LossOn,
+    architecture_problems,
+    classifier_config,
+    dmae_config,
+    encoder_config,
+)
+from dmae_pipeline.reporting.names import RADIUS_UNIT, grid_units
+from dmae_pipeline.training import Amp, Device, TrainConfig, peak_lr, split_batch
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
 OpenUnit = Annotated[float, Field(gt=0, lt=1)]  # (0, 1)
 Fraction = Annotated[float, Field(ge=0, lt=1)]  # [0, 1)
 UnitFloat = Annotated[float, Field(gt=0, le=1)]  # (0, 1]
-Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
-Amp = Literal["auto", "bf16", "fp16", "off"]
 
 SCRATCH = "scratch"
 """``init: scratch``: random initial weights."""
@@ -40,6 +54,27 @@ class ParamsError(ModelInstantiationError):
     """Parameters that do not validate; one line per problem, each naming its dotted key."""
 
 
+def _error(key: str, message: str, value: Any) -> InitErrorDetails:
+    """Pydantic's error at ``key`` (dotted, relative to the model being validated)."""
+    return InitErrorDetails(
+        type=PydanticCustomError("invalid", message), loc=tuple(key.split(".")), input=value
+    )
+
+
+def _refuse(key: str, message: str, value: Any) -> NoReturn:
+    """Refuse ``value`` at ``key`` from a model validator, as if its field had refused it."""
+    raise ValidationError.from_exception_data("parameters", [_error(key, message, value)])
+
+
+def _increasing(radii: list[float]) -> list[float]:
+    if any(a >= b for a, b in pairwise(radii)):
+        raise PydanticCustomError("increasing", "expected increasing radii")
+    return radii
+
+
+Radii = Annotated[list[NonNegativeFloat], Field(min_length=1), AfterValidator(_increasing)]
+
+
 class Params(BaseModel):
     """A block (or part of one) of parameters: exact types, no unknown keys, immutable."""
 
@@ -47,51 +82,40 @@ class Params(BaseModel):
     block: ClassVar[str] = ""
     """The top-level key this model validates (for messages)."""
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _name_allowed_keys(cls, data: Any, handler: ModelWrapValidatorHandler) -> Any:
+        """Pydantic's refusal of an unknown key here, naming the keys allowed here."""
+        try:
+            return handler(data)
+        except ValidationError as e:
+            allowed = f"unknown key; allowed here: {', '.join(cls.model_fields)}"
+            errors = [
+                _error(str(error["loc"][0]), allowed, error["input"])
+                if error["type"] == "extra_forbidden" and len(error["loc"]) == 1
+                else InitErrorDetails(
+                    type=PydanticCustomError(error["type"], error["msg"]),
+                    loc=error["loc"],
+                    input=error["input"],
+                )
+                for error in e.errors()
+            ]
+            raise ValidationError.from_exception_data("parameters", errors) from None
+
     @classmethod
     def model_validate(cls, obj: Any, **kwargs: Any) -> Params:
-        """Validate, raising a :class:`ParamsError` whose lines name full dotted keys."""
+        """Validate, raising a :class:`ParamsError` with one line per error."""
         try:
             return super().model_validate(obj, **kwargs)
         except ValidationError as e:
-            raise ParamsError("\n".join(_describe(cls, e))) from None
+            raise ParamsError("\n".join(_line(cls.block, error) for error in e.errors())) from None
 
 
-def _describe(model: type[Params], error: ValidationError) -> Iterator[str]:
-    for item in error.errors():
-        key = ".".join(str(part) for part in (model.block, *item["loc"]) if part != "")
-        if item["type"] == "extra_forbidden":
-            allowed = _fields_at(model, item["loc"][:-1])
-            yield f"{key}: unknown key; allowed here: {', '.join(allowed)}"
-            continue
-        message = item["msg"]
-        if item["type"] == "value_error":  # a validator's "<field>: <what is wrong>"
-            message = message.removeprefix("Value error, ")
-            yield f"{key}.{message}" if key else message
-        elif item["type"] == "missing":
-            yield f"{key}: {message}"
-        else:
-            yield f"{key}: {message}, got {item['input']!r}"
-
-
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """The field names of the (nested) model at ``loc``."""
-    for part in loc:
-        annotation = model.model_fields[str(part)].annotation
-        nested = [a for a in getattr(annotation, "__args__", (annotation,)) if _is_model(a)]
-        if not nested:
-            return []
-        model = nested[0]
-    return list(model.model_fields)
-
-
-def _is_model(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
-
-
-def _check(ok: bool, field: str, message: str) -> None:
-    """A model validator's refusal, about ``field`` (dotted, relative to the model)."""
-    if not ok:
-        raise ValueError(f"{field}: {message}")
+def _line(block: str, error: Any) -> str:
+    """``<dotted key>: <pydantic's message>, got <value>`` (no value for a missing key)."""
+    key = ".".join(str(part) for part in (block, *error["loc"]) if part != "")
+    got = "" if error["type"] == "missing" else f", got {error['input']!r}"
+    return f"{key}: {error['msg']}{got}"
 
 
 # --- data_prep ---------------------------------------------------------------------------------
@@ -109,7 +133,7 @@ class DataPrepParams(Params):
         "md5": ("cifar10",),
     }
 
-    source: Literal["digits", "cifar10", "imagefolder"]
+    source: SourceName
     image_size: PositiveInt
     name: str | None = None
     val_fraction: OpenUnit = 0.1
@@ -123,29 +147,26 @@ class DataPrepParams(Params):
     @model_validator(mode="after")
     def _per_source(self) -> DataPrepParams:
         for key, sources in self.ONLY_FOR.items():
-            _check(
-                getattr(self, key) is None or self.source in sources,
-                key,
-                f"applies only to source {' or '.join(sources)}, not {self.source}; remove it or "
-                "set it to null",
-            )
-        _check(
-            self.source != "cifar10" or self.image_size == 32,
-            "image_size",
-            f"CIFAR-10 images are 32x32, got {self.image_size}",
-        )
-        _check(
-            self.source != "digits" or self.test_fraction is not None,
-            "test_fraction",
-            "needed for digits, which have no test split of their own",
-        )
+            if getattr(self, key) is not None and self.source not in sources:
+                _refuse(
+                    key,
+                    f"applies only to source {' or '.join(sources)}, not {self.source}; remove "
+                    "it or set it to null",
+                    getattr(self, key),
+                )
+        if self.source == "cifar10" and self.image_size != 32:
+            _refuse("image_size", "CIFAR-10 images are 32x32", self.image_size)
+        if self.source == "digits" and self.test_fraction is None:
+            message = "needed for digits, which have no test split of their own"
+            _refuse("test_fraction", message, None)
         held_out = self.val_fraction + (self.test_fraction or 0)
-        _check(
-            held_out < 1,
-            "val_fraction",
-            f"val_fraction + test_fraction = {held_out:g} leaves no training data; their sum "
-            "must be below 1",
-        )
+        if held_out >= 1:
+            _refuse(
+                "val_fraction",
+                f"val_fraction + test_fraction = {held_out:g} leaves no training data; their sum "
+                "must be below 1",
+                self.val_fraction,
+            )
         return self
 
     def prepare_args(self) -> dict[str, Any]:
@@ -170,11 +191,8 @@ class EncoderParams(Params):
 
     @model_validator(mode="after")
     def _known_preset(self) -> EncoderParams:
-        _check(
-            self.preset is None or self.preset in PRESETS,
-            "preset",
-            f"expected one of {', '.join(PRESETS)}, got {self.preset!r}",
-        )
+        if self.preset is not None and self.preset not in PRESETS:
+            _refuse("preset", f"expected one of {', '.join(PRESETS)}", self.preset)
         return self
 
     def overrides(self) -> dict[str, Any]:
@@ -188,101 +206,37 @@ class DmaeParams(EncoderParams):
     sigma: NonNegativeFloat | None = None
     mask_ratio: Fraction | None = None
     norm_pix_loss: bool | None = None
-    loss_on: Literal["all", "masked"] | None = None
+    loss_on: LossOn | None = None
 
 
 class ClassifierParams(EncoderParams):
     drop_path_rate: Fraction | None = None
 
 
-def check_architecture(config: Mapping[str, Any], where: str) -> None:
-    """Refuse a resolved model config (``build_dmae``/``build_classifier`` arguments) that cannot
-    be built or trains a degenerate model; ``where`` is the dotted key of its model block."""
-    problems = architecture_problems(config)
-    if problems:
-        raise ParamsError("\n".join(f"{where}: {problem}" for problem in problems))
-
-
-def architecture_problems(config: Mapping[str, Any]) -> list[str]:
-    problems = []
-    if config["img_size"] % config["patch_size"]:
-        problems.append(
-            f"patch_size={config['patch_size']} must divide img_size={config['img_size']}"
-        )
-    widths = [("embed_dim", "num_heads")]
-    if "decoder_embed_dim" in config:
-        widths.append(("decoder_embed_dim", "decoder_num_heads"))
-    for width, heads in widths:
-        if config[width] % 4 or config[width] % config[heads]:
-            problems.append(
-                f"{width}={config[width]} must be divisible by 4 (2-D sin-cos position "
-                f"embedding) and by {heads}={config[heads]}"
-            )
-    if "mask_ratio" in config and not problems:
-        patches = (config["img_size"] // config["patch_size"]) ** 2
-        visible = int(patches * (1 - config["mask_ratio"]))
-        if visible == 0:
-            problems.append(
-                f"mask_ratio={config['mask_ratio']} leaves no visible patch of the "
-                f"{patches} patches"
-            )
-        if config["loss_on"] == "masked" and visible == patches:
-            problems.append(
-                f"mask_ratio={config['mask_ratio']} masks no patch, but loss_on=masked scores "
-                "only masked ones"
-            )
-        if config["norm_pix_loss"] and config["patch_size"] ** 2 * config["in_chans"] < 2:
-            problems.append("norm_pix_loss needs at least 2 values per patch")
-    return problems
-
-
 # --- training -----------------------------------------------------------------------------------
 
 
-class TrainParams(Params):
-    """``<stage>.train``: the training engine's settings (``training.TrainConfig``)."""
-
-    epochs: PositiveInt
-    warmup_epochs: NonNegativeFloat
-    blr: PositiveFloat
-    min_lr: NonNegativeFloat
-    batch_size: PositiveInt
-    weight_decay: NonNegativeFloat
-    betas: Annotated[list[Fraction], Field(min_length=2, max_length=2)]
-    seed: NonNegativeInt
-    checkpoint_every: PositiveInt
-    accum_iter: PositiveInt = 1
-    clip_grad: PositiveFloat | None = None
-    resume: bool = True
-    num_workers: NonNegativeInt = 0
-    num_threads: PositiveInt | None = None
-    device: Device = "auto"
-    amp: Amp = "auto"
-    compile: bool = False
+class TrainParams(TrainConfig, Params):
+    """``<stage>.train``: the training engine's settings (``training.TrainConfig``), read from
+    conf/: exact types, and a schedule that warms up within the run and decays to at most its
+    peak."""
 
     @model_validator(mode="after")
     def _schedule(self) -> TrainParams:
-        _check(
-            self.warmup_epochs < self.epochs,
-            "warmup_epochs",
-            f"must be below epochs ({self.epochs}), else the warmup takes the whole run; got "
-            f"{self.warmup_epochs:g}",
-        )
-        peak = self.blr * self.batch_size * self.accum_iter / 256
-        _check(
-            self.min_lr <= peak,
-            "min_lr",
-            f"must be at most the peak lr blr * batch_size * accum_iter / 256 = {peak:.3g}, got "
-            f"{self.min_lr:g}",
-        )
+        if self.warmup_epochs >= self.epochs:
+            _refuse(
+                "warmup_epochs",
+                f"must be below epochs ({self.epochs}), else the warmup takes the whole run",
+                self.warmup_epochs,
+            )
+        peak = peak_lr(self.blr, self.batch_size, self.accum_iter)
+        if self.min_lr > peak:
+            _refuse(
+                "min_lr",
+                f"must be at most the peak lr blr * batch_size * accum_iter / 256 = {peak:.3g}",
+                self.min_lr,
+            )
         return self
-
-    @property
-    def effective_batch(self) -> int:
-        return self.batch_size * self.accum_iter
-
-    def config(self) -> TrainConfig:
-        return TrainConfig(**{**self.model_dump(), "betas": tuple(self.betas)})
 
 
 class AugmentParams(Params):
@@ -293,7 +247,8 @@ class AugmentParams(Params):
 
         @model_validator(mode="after")
         def _ordered(self) -> AugmentParams.Crop:
-            _check(self.scale[0] <= self.scale[1], "scale", "expected [lo, hi] with lo <= hi")
+            if self.scale[0] > self.scale[1]:
+                _refuse("scale", "expected [lo, hi] with lo <= hi", self.scale)
             return self
 
     hflip: bool = False
@@ -322,11 +277,8 @@ class StageParams(Params):
 
     @model_validator(mode="after")
     def _architecture_given(self) -> StageParams:
-        _check(
-            self.init != SCRATCH or self.model.preset is not None,
-            "model.preset",
-            "needed with init scratch, which brings no model config",
-        )
+        if self.init == SCRATCH and self.model.preset is None:
+            _refuse("model.preset", "needed with init scratch, which brings no model config", None)
         return self
 
     def overrides_on(self, base: Mapping[str, Any]) -> dict[str, Any]:
@@ -397,17 +349,15 @@ class FinetuneParams(StageParams):
 
     @model_validator(mode="after")
     def _per_sigma(self) -> FinetuneParams:
-        _check(
-            len(set(self.sigmas)) == len(self.sigmas),
-            "sigmas",
-            f"expected distinct noise levels, got {self.sigmas}",
-        )
+        if len(set(self.sigmas)) != len(self.sigmas):
+            _refuse("sigmas", "expected distinct noise levels", self.sigmas)
         eta = self.consistency.eta
-        _check(
-            not isinstance(eta, list) or len(eta) == len(self.sigmas),
-            "consistency.eta",
-            f"expected one number, or one per sigma ({len(self.sigmas)}), got {eta}",
-        )
+        if isinstance(eta, list) and len(eta) != len(self.sigmas):
+            _refuse(
+                "consistency.eta",
+                f"expected one number, or one per sigma ({len(self.sigmas)})",
+                eta,
+            )
         return self
 
     def architecture(self, base: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
@@ -459,16 +409,16 @@ class CertifyParams(Params):
 
     @model_validator(mode="after")
     def _shard(self) -> CertifyParams:
-        _check(
-            self.shard_index < self.num_shards,
-            "shard_index",
-            f"expected below num_shards ({self.num_shards}), got {self.shard_index}",
-        )
-        _check(
-            self.mode == "sequential" or not self.stop_at_selection,
-            "stop_at_selection",
-            "applies to mode sequential only; set it to false or mode to sequential",
-        )
+        if self.shard_index >= self.num_shards:
+            _refuse(
+                "shard_index", f"expected below num_shards ({self.num_shards})", self.shard_index
+            )
+        if self.mode != "sequential" and self.stop_at_selection:
+            _refuse(
+                "stop_at_selection",
+                "applies to mode sequential only; set it to false or mode to sequential",
+                self.stop_at_selection,
+            )
         return self
 
 
@@ -479,11 +429,12 @@ class ReferencePoint(Params):
 
     @model_validator(mode="after")
     def _paired(self) -> ReferencePoint:
-        _check(
-            len(self.radii) == len(self.certified_accuracy),
-            "certified_accuracy",
-            "expected one certified accuracy (a fraction in [0, 1]) per radius",
-        )
+        if len(self.radii) != len(self.certified_accuracy):
+            _refuse(
+                "certified_accuracy",
+                "expected one certified accuracy (a fraction in [0, 1]) per radius",
+                self.certified_accuracy,
+            )
         return self
 
 
@@ -493,8 +444,8 @@ class ReportParams(Params):
 
     block: ClassVar[str] = "report"
     dataset: Annotated[str, Field(min_length=1)]
-    radii: Annotated[list[NonNegativeFloat], Field(min_length=1)]
-    curve_step: PositiveFloat = 0.01
+    radii: Radii
+    curve_step: PositiveFloat = RADIUS_UNIT
     reference_points: list[ReferencePoint] = []
     confidence: OpenUnit = 0.95
     bootstrap: PositiveInt = 2000
@@ -502,17 +453,10 @@ class ReportParams(Params):
 
     @model_validator(mode="after")
     def _grid(self) -> ReportParams:
-        _check(
-            all(a < b for a, b in zip(self.radii, self.radii[1:], strict=False)),
-            "radii",
-            f"expected increasing radii, got {self.radii}",
-        )
-        units = round(self.curve_step / 0.01)
-        _check(
-            units >= 1 and math.isclose(units * 0.01, self.curve_step, rel_tol=1e-9),
-            "curve_step",
-            f"expected a positive multiple of 0.01, got {self.curve_step}",
-        )
+        try:
+            grid_units(self.curve_step)
+        except ValueError:
+            _refuse("curve_step", f"expected a positive multiple of {RADIUS_UNIT}", self.curve_step)
         return self
 
 
@@ -525,17 +469,18 @@ class Variant(Params):
 
     init: Literal["scratch", "pretrain"]
     sigma: NonNegativeFloat | None = None
-    loss_on: Literal["all", "masked"] | None = None
+    loss_on: LossOn | None = None
 
     @model_validator(mode="after")
     def _pretraining(self) -> Variant:
         pretrained = self.init != SCRATCH
-        _check(
-            pretrained == (self.sigma is not None) == (self.loss_on is not None),
-            "sigma, loss_on",
-            f"expected both with init pretrain and neither with init scratch, got init "
-            f"{self.init}, sigma {self.sigma}, loss_on {self.loss_on}",
-        )
+        if not pretrained == (self.sigma is not None) == (self.loss_on is not None):
+            _refuse(
+                "sigma, loss_on",
+                f"expected both with init pretrain and neither with init scratch (init "
+                f"{self.init})",
+                [self.sigma, self.loss_on],
+            )
         return self
 
 
@@ -549,7 +494,7 @@ class CompareParams(Params):
     variants: Annotated[dict[str, Variant], Field(min_length=2)]
     seeds: Annotated[list[NonNegativeInt], Field(min_length=1)]
     gaps: list[Annotated[list[str], Field(min_length=2, max_length=2)]]
-    radii: Annotated[list[NonNegativeFloat], Field(min_length=1)]
+    radii: Radii
     bootstrap: PositiveInt = 2000
     confidence: OpenUnit = 0.95
     bootstrap_seed: NonNegativeInt = 0
@@ -557,26 +502,15 @@ class CompareParams(Params):
     @model_validator(mode="after")
     def _known(self) -> CompareParams:
         names = ", ".join(self.variants)
-        _check(
-            self.variant in self.variants,
-            "variant",
-            f"expected one of {names}, got {self.variant!r}",
-        )
-        _check(
-            len(set(self.seeds)) == len(self.seeds),
-            "seeds",
-            f"expected distinct seeds, got {self.seeds}",
-        )
+        if self.variant not in self.variants:
+            _refuse("variant", f"expected one of {names}", self.variant)
+        if len(set(self.seeds)) != len(self.seeds):
+            _refuse("seeds", "expected distinct seeds", self.seeds)
         unknown = sorted({v for pair in self.gaps for v in pair} - set(self.variants))
-        _check(not unknown, "gaps", f"expected pairs of {names}, got {unknown}")
-        _check(
-            all(a != b for a, b in self.gaps), "gaps", "expected two different variants per pair"
-        )
-        _check(
-            all(a < b for a, b in zip(self.radii, self.radii[1:], strict=False)),
-            "radii",
-            f"expected increasing radii, got {self.radii}",
-        )
+        if unknown:
+            _refuse("gaps", f"expected pairs of {names}", unknown)
+        if any(a == b for a, b in self.gaps):
+            _refuse("gaps", "expected two different variants per pair", self.gaps)
         return self
 
 
@@ -602,7 +536,7 @@ class DatasetSpec(Params):
     """What data_prep writes to dataset_spec.json, and every later stage reads."""
 
     name: str
-    source: Literal["digits", "cifar10", "imagefolder"]
+    source: SourceName
     num_classes: Annotated[int, Field(ge=2)]
     class_names: list[str]
     image_size: PositiveInt
@@ -613,17 +547,12 @@ class DatasetSpec(Params):
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetSpec:
-        _check(len(self.class_names) == self.num_classes, "class_names", "expected one per class")
-        _check(
-            len(self.mean) == len(self.std) == self.channels,
-            "mean, std",
-            "expected one value per channel",
-        )
-        _check(
-            set(self.split_sizes) == {"train", "val", "test"},
-            "split_sizes",
-            "expected the sizes of train, val and test",
-        )
+        if len(self.class_names) != self.num_classes:
+            _refuse("class_names", "expected one per class", self.class_names)
+        if not len(self.mean) == len(self.std) == self.channels:
+            _refuse("mean, std", "expected one value per channel", [self.mean, self.std])
+        if set(self.split_sizes) != {"train", "val", "test"}:
+            _refuse("split_sizes", "expected the sizes of train, val and test", self.split_sizes)
         return self
 
 

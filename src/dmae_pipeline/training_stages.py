@@ -16,13 +16,9 @@ from dmae_pipeline import distributed
 from dmae_pipeline.io import exclusive_lock
 from dmae_pipeline.models import load_init, read_init, seeded
 from dmae_pipeline.params import SCRATCH, StageParams
-from dmae_pipeline.training import claim_run_dir, derive_seed, fit
+from dmae_pipeline.training import Stream, claim_run_dir, derive_seed, fit
 
 M = TypeVar("M", bound=torch.nn.Module)
-
-# Streams of train.seed, apart from the training engine's: a model's random initial weights, and
-# the noise and masks of the reconstruction figure.
-MODEL_INIT_STREAM, FIGURE_STREAM = 100, 101
 
 
 def initial_weights(
@@ -55,7 +51,7 @@ def initial_model(
 ) -> M:
     """``build(**config)``, its random weights drawn from ``train.seed``, then ``state`` loaded
     over it; refused, naming ``<block>.init``, if the state lacks any weights but ``new_keys``."""
-    model = seeded(build, derive_seed(params.train.seed, MODEL_INIT_STREAM), **config)
+    model = seeded(build, derive_seed(params.train.seed, Stream.MODEL_INIT), **config)
     if state is not None:
         try:
             load_init(model, state, new_keys)
@@ -74,25 +70,25 @@ def train(
     train_set: Dataset,
     params: StageParams,
     run_dir: Path,
-    identity: Mapping[str, Any],
+    fingerprint: Mapping[str, Any],
     *,
     loss_fn: Callable,
     name: str,
     **fit_args: Any,
 ) -> dict[str, Any]:
     """``training.fit`` in ``run_dir``, claimed for this run: locked against a second run and
-    recording ``identity`` (what the checkpoints depend on besides the engine's settings). Each
+    recording ``fingerprint`` (what the checkpoints depend on besides the engine's settings). Each
     epoch's metrics go to the active MLflow run as ``<name>/<metric>``."""
     lock = exclusive_lock(run_dir / ".run.lock", f"the training run {run_dir}")
     with lock if distributed.is_main() else nullcontext():
         if distributed.is_main():
-            claim_run_dir(run_dir, identity, params.train.resume)
+            claim_run_dir(run_dir, fingerprint, params.train.resume)
         distributed.barrier()
         return fit(
             model,
             train_set,
             loss_fn=loss_fn,
-            cfg=params.train.config(),
+            cfg=params.train,
             run_dir=run_dir,
             on_epoch=lambda record: log_epoch(record, f"{name}/"),
             log_prefix=f"{name}/",

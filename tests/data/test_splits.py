@@ -1,15 +1,15 @@
-"""Seeded carving of held-out splits, subsets and split validation."""
+"""Seeded held-out splits, subsets and split validation."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dmae_pipeline.data import carve, split_form, split_length, subset
+from dmae_pipeline.data import check_split, split_indices, split_length, subset
 
 
-def test_carve_partitions_every_index_once_with_rounded_sizes():
-    parts = carve(103, {"val": 0.1, "test": 0.25}, seed=7)
+def test_split_indices_partitions_every_index_once_with_rounded_sizes():
+    parts = split_indices(103, {"val": 0.1, "test": 0.25}, seed=7)
     assert {k: len(v) for k, v in parts.items()} == {"val": 10, "test": 26, "train": 67}
     everything = torch.cat(list(parts.values()))
     assert sorted(everything.tolist()) == list(range(103))
@@ -17,17 +17,17 @@ def test_carve_partitions_every_index_once_with_rounded_sizes():
         assert torch.equal(indices, indices.sort().values)
 
 
-def test_carve_is_seeded():
-    a, b = carve(50, {"val": 0.2}, seed=1), carve(50, {"val": 0.2}, seed=1)
+def test_split_indices_is_seeded():
+    a, b = split_indices(50, {"val": 0.2}, seed=1), split_indices(50, {"val": 0.2}, seed=1)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not torch.equal(a["val"], carve(50, {"val": 0.2}, seed=2)["val"])
+    assert not torch.equal(a["val"], split_indices(50, {"val": 0.2}, seed=2)["val"])
 
 
-def test_carve_draws_held_out_indices_uniformly():
+def test_split_indices_draws_held_out_indices_uniformly():
     # Over 400 seeds each index is held out Binomial(400, 0.2) times: mean 80, sd 8.
     counts = torch.zeros(60)
     for seed in range(400):
-        counts[carve(60, {"val": 0.2}, seed)["val"]] += 1
+        counts[split_indices(60, {"val": 0.2}, seed)["val"]] += 1
     assert counts.sum() == 400 * 12
     assert ((counts - 80).abs() < 5 * 8).all(), counts
     # Chi-square of the 60 counts against uniform (59 dof; 99.9% quantile 99.6).
@@ -35,11 +35,11 @@ def test_carve_draws_held_out_indices_uniformly():
     assert chi2 < 99.6
 
 
-def test_carve_errors_name_the_fraction_parameter():
+def test_split_indices_errors_name_the_fraction_parameter():
     with pytest.raises(ValueError, match=r"val_fraction=0\.01 holds out no val images out of 20"):
-        carve(20, {"val": 0.01}, seed=0)
+        split_indices(20, {"val": 0.01}, seed=0)
     with pytest.raises(ValueError, match="val_fraction \\+ test_fraction leaves no training"):
-        carve(4, {"val": 0.5, "test": 0.5}, seed=0)
+        split_indices(4, {"val": 0.5, "test": 0.5}, seed=0)
 
 
 def test_subset_of_both_forms():
@@ -52,7 +52,7 @@ def test_subset_of_both_forms():
     disk = {"root": "r", "paths": [f"p{i}" for i in range(5)], "labels": labels}
     part = subset(disk, idx)
     assert (part["root"], part["paths"], part["labels"].tolist()) == ("r", ["p1", "p3"], [1, 3])
-    assert split_length(disk) == 5 and split_form(disk) == "disk"
+    assert split_length(disk) == 5 and check_split(disk) == "disk"
 
 
 @pytest.mark.parametrize(
@@ -77,4 +77,4 @@ def test_subset_of_both_forms():
 )
 def test_malformed_splits_are_refused(split, message):
     with pytest.raises(ValueError, match=message):
-        split_form(split)
+        check_split(split)

@@ -9,8 +9,11 @@ import torch.nn.functional as F
 
 from dmae_pipeline.models import build_dmae
 from dmae_pipeline.models.dmae import Reconstruction
-from dmae_pipeline.models.reconstruction import MASKED_GRAY, reconstruction_panels
-from dmae_pipeline.reporting.reconstruction import reconstruction_figure
+from dmae_pipeline.reporting.reconstruction import (
+    MASKED_GRAY,
+    reconstruction_figure,
+    reconstruction_panels,
+)
 
 
 def seeded() -> torch.Generator:

@@ -8,15 +8,22 @@ from dmae_pipeline.data.cifar10 import download_file, read_cifar10
 from dmae_pipeline.data.dataset import SplitDataset
 from dmae_pipeline.data.digits import read_digits
 from dmae_pipeline.data.imagefolder import read_imagefolder
-from dmae_pipeline.data.prepare import expected_spec, prepare, read_source
-from dmae_pipeline.data.splits import Source, carve, split_form, split_length, subset
+from dmae_pipeline.data.prepare import SourceName, expected_spec, prepare, read_source
+from dmae_pipeline.data.splits import (
+    Source,
+    check_split,
+    split_indices,
+    split_length,
+    subset,
+)
 from dmae_pipeline.data.transforms import build_transform
 
 __all__ = [
     "Source",
+    "SourceName",
     "SplitDataset",
     "build_transform",
-    "carve",
+    "check_split",
     "download_file",
     "expected_spec",
     "prepare",
@@ -24,7 +31,7 @@ __all__ = [
     "read_digits",
     "read_imagefolder",
     "read_source",
-    "split_form",
+    "split_indices",
     "split_length",
     "subset",
 ]

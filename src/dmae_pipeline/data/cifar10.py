@@ -8,11 +8,11 @@
 from __future__ import annotations
 
 import codecs
-import hashlib
+import os
 import pickle
 import tarfile
+import tempfile
 import urllib.error
-import urllib.request
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +20,9 @@ from typing import IO, Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from torchvision.datasets.utils import calculate_md5, download_url
 
 from dmae_pipeline.data.splits import Source
-from dmae_pipeline.io import atomic_write
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -164,16 +163,8 @@ def _batch(obj: dict[str, Any], what: str, num_classes: int) -> tuple[torch.Tens
     return images, torch.tensor(labels, dtype=torch.int64)
 
 
-def file_md5(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_md5(path: Path, md5: str, url: str) -> None:
-    actual = file_md5(path)
+    actual = calculate_md5(path)
     if actual != md5.lower():
         raise ValueError(
             f"{path} has md5 {actual}, expected {md5}: the file is truncated or not the "
@@ -181,28 +172,20 @@ def check_md5(path: Path, md5: str, url: str) -> None:
         )
 
 
-def download_file(url: str, dest: str | Path, md5: str, chunk_size: int = 1 << 20) -> None:
-    """Stream ``url`` to ``dest`` with a progress bar; ``dest`` appears only if the md5 matches."""
+def download_file(url: str, dest: str | Path, md5: str) -> None:
+    """Fetch ``url`` to ``dest`` (torchvision's ``download_url``, with a progress bar); ``dest``
+    appears only if the md5 matches."""
     dest = Path(dest)
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, atomic_write(dest) as f:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            digest = hashlib.md5(usedforsecurity=False)
-            received = 0
-            with tqdm(
-                total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name
-            ) as bar:
-                while chunk := response.read(chunk_size):
-                    f.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-            if total is not None and received != total:
-                raise ValueError(f"download of {url} stopped after {received} of {total} bytes")
-            if digest.hexdigest() != md5.lower():
-                raise ValueError(
-                    f"download of {url} has md5 {digest.hexdigest()}, expected {md5}; "
-                    f"nothing was written to {dest}"
-                )
-    except urllib.error.URLError as e:
-        raise ConnectionError(f"could not download {url}: {e.reason}") from e
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp:
+        fetched = Path(tmp) / dest.name
+        try:
+            download_url(url, tmp, dest.name)
+        except urllib.error.URLError as e:
+            raise ConnectionError(f"could not download {url}: {e.reason}") from e
+        actual = calculate_md5(fetched)
+        if actual != md5.lower():
+            raise ValueError(
+                f"download of {url} has md5 {actual}, expected {md5}; nothing was written to {dest}"
+            )
+        os.replace(fetched, dest)

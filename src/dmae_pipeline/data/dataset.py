@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dmae_pipeline.data.splits import split_form
+from dmae_pipeline.data.splits import check_split
 from dmae_pipeline.data.transforms import to_float
 
 
@@ -24,7 +24,7 @@ class SplitDataset(Dataset):
     """
 
     def __init__(self, split: Mapping[str, Any], transform: Callable | None = None):
-        self.on_disk = split_form(split) == "disk"
+        self.on_disk = check_split(split) == "disk"
         self.labels: torch.Tensor = split["labels"]
         self.transform = transform if transform is not None else to_float()
         if self.on_disk:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from dmae_pipeline.data import cifar10
 from dmae_pipeline.data.digits import DIGITS_SIZE, read_digits
 from dmae_pipeline.data.imagefolder import read_imagefolder
-from dmae_pipeline.data.splits import Source, carve, split_length, subset
+from dmae_pipeline.data.splits import Source, split_indices, split_length, split_sizes, subset
 
-SOURCES = ("digits", "cifar10", "imagefolder")
+SourceName = Literal["digits", "cifar10", "imagefolder"]
+"""The sources ``prepare`` reads."""
 
 
 def expected_spec(source: str, val_fraction: float, test_fraction: float | None) -> dict | None:
@@ -24,14 +25,19 @@ def expected_spec(source: str, val_fraction: float, test_fraction: float | None)
     }.get(source)
     if own is None:
         return None
-    held_out = {"val": val_fraction, **({} if "test" in own else {"test": test_fraction})}
-    sizes = {part: round(fraction * own["train"]) for part, fraction in held_out.items()}
-    sizes = {"test": own.get("test"), **sizes, "train": own["train"] - sum(sizes.values())}
-    return {"num_classes": 10, "split_sizes": sizes}  # both sources have ten classes
+    sizes = split_sizes(own["train"], _held_out(own, val_fraction, test_fraction))
+    # both sources have ten classes
+    return {"num_classes": 10, "split_sizes": {"test": own.get("test"), **sizes}}
+
+
+def _held_out(own: dict, val_fraction: float, test_fraction: float | None) -> dict[str, float]:
+    """The fractions of the train split to hold out: val, and test where the source has no test
+    split of its own (``own``: its splits, or their sizes)."""
+    return {"val": val_fraction, **({} if "test" in own else {"test": test_fraction})}
 
 
 def read_source(
-    source: str, image_size: int, raw_dir: str | Path, download: bool, url: str, md5: str
+    source: SourceName, image_size: int, raw_dir: str | Path, download: bool, url: str, md5: str
 ) -> Source:
     if source == "digits":
         return read_digits(image_size)
@@ -41,7 +47,7 @@ def read_source(
 
 
 def prepare(
-    source: str,
+    source: SourceName,
     image_size: int,
     *,
     name: str | None = None,
@@ -62,12 +68,10 @@ def prepare(
     """
     data = read_source(source, image_size, raw_dir, download, url, md5)
     own = data.splits
-    held_out = {"val": val_fraction}
-    if "test" not in own:
-        if test_fraction is None:
-            raise ValueError(f"test_fraction is needed: {source} has no test split of its own")
-        held_out["test"] = test_fraction
-    parts = carve(split_length(own["train"]), held_out, seed)
+    if "test" not in own and test_fraction is None:
+        raise ValueError(f"test_fraction is needed: {source} has no test split of its own")
+    held_out = _held_out(own, val_fraction, test_fraction)
+    parts = split_indices(split_length(own["train"]), held_out, seed)
     splits = {part: subset(own["train"], indices) for part, indices in parts.items()}
     if "test" in own:
         splits["test"] = own["test"]

@@ -1,4 +1,4 @@
-"""Splits: the two on-disk forms, seeded carving of held-out splits, and subsets.
+"""Splits: their two forms, seeded held-out splits, and subsets.
 
 A split is a dict in one of two forms:
 
@@ -32,8 +32,9 @@ class Source:
     std: tuple[float, ...] | None = None
 
 
-def split_form(split: Mapping) -> str:
-    """Return "memory" or "disk" after checking the split's keys, dtypes and lengths."""
+def check_split(split: Mapping) -> str:
+    """Check the split's keys, dtypes and lengths; return where its images are: "memory" or
+    "disk"."""
     if not isinstance(split, Mapping):
         raise ValueError(f"a split must be a dict, got {type(split).__name__}")
     keys = set(split)
@@ -60,13 +61,13 @@ def split_form(split: Mapping) -> str:
 
 
 def split_length(split: Mapping) -> int:
-    split_form(split)
+    check_split(split)
     return len(split["labels"])
 
 
 def subset(split: Mapping, indices: torch.Tensor) -> dict:
     """The split restricted to ``indices`` (a copy: saving it never drags the parent along)."""
-    if split_form(split) == "memory":
+    if check_split(split) == "memory":
         return {"images": split["images"][indices], "labels": split["labels"][indices]}
     paths = split["paths"]
     return {
@@ -76,22 +77,28 @@ def subset(split: Mapping, indices: torch.Tensor) -> dict:
     }
 
 
-def carve(n: int, fractions: Mapping[str, float], seed: int) -> dict[str, torch.Tensor]:
-    """Seeded partition of ``range(n)`` into the named held-out parts and "train".
-
-    Part ``name`` gets ``round(fraction * n)`` indices; "train" keeps the rest. Each part's
-    indices are sorted (file order is kept, which helps disk reads); shuffling is the loader's
-    job. A fraction that rounds to no images, or leaves none for training, is an error that
-    names the ``<name>_fraction`` parameter.
-    """
+def split_sizes(n: int, fractions: Mapping[str, float]) -> dict[str, int]:
+    """The sizes of the named held-out parts of ``n`` items, ``round(fraction * n)`` each, and of
+    "train", the rest."""
     sizes = {name: round(fraction * n) for name, fraction in fractions.items()}
-    for name, size in sizes.items():
-        if size < 1:
+    return {**sizes, "train": n - sum(sizes.values())}
+
+
+def split_indices(n: int, fractions: Mapping[str, float], seed: int) -> dict[str, torch.Tensor]:
+    """Seeded partition of ``range(n)`` into the named held-out parts and "train", of
+    :func:`split_sizes`.
+
+    Each part's indices are sorted (file order is kept, which helps disk reads); shuffling is the
+    loader's job. A fraction that rounds to no images, or leaves none for training, is an error
+    that names the ``<name>_fraction`` parameter.
+    """
+    sizes = split_sizes(n, fractions)
+    for name, fraction in fractions.items():
+        if sizes[name] < 1:
             raise ValueError(
-                f"{name}_fraction={fractions[name]} holds out no {name} images out of {n}; raise it"
+                f"{name}_fraction={fraction} holds out no {name} images out of {n}; raise it"
             )
-    n_train = n - sum(sizes.values())
-    if n_train < 1:
+    if sizes["train"] < 1:
         names = " + ".join(f"{name}_fraction" for name in fractions)
         raise ValueError(f"{names} leaves no training images out of {n}; lower them")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -99,5 +106,4 @@ def carve(n: int, fractions: Mapping[str, float], seed: int) -> dict[str, torch.
     for name, size in sizes.items():
         parts[name] = order[start : start + size].sort().values
         start += size
-    parts["train"] = order[start:].sort().values
     return parts

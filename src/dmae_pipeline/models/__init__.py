@@ -1,22 +1,26 @@
-"""DMAE encoder-decoder, the finetuning classifier and checkpoint import/export (torch + timm)."""
+"""DMAE encoder-decoder, the finetuning classifier and weight import/export (torch + timm)."""
 
-from dmae_pipeline.models.checkpoint import (
+from dmae_pipeline.models.architecture import architecture_problems, check_architecture
+from dmae_pipeline.models.classifier import ViTClassifier, build_classifier, classifier_config
+from dmae_pipeline.models.dmae import DMAE, LossOn, build_dmae, dmae_config
+from dmae_pipeline.models.init import load_classifier, load_init, read_init, seeded
+from dmae_pipeline.models.presets import PRESETS, encoder_config
+from dmae_pipeline.models.weights import (
     cpu_state,
     export_finetuned,
     export_pretrained,
     load_pretrained,
 )
-from dmae_pipeline.models.classifier import ViTClassifier, build_classifier, classifier_config
-from dmae_pipeline.models.dmae import DMAE, build_dmae, dmae_config
-from dmae_pipeline.models.init import load_classifier, load_init, read_init, seeded
-from dmae_pipeline.models.presets import PRESETS, encoder_config
 
 __all__ = [
     "DMAE",
     "PRESETS",
+    "LossOn",
     "ViTClassifier",
+    "architecture_problems",
     "build_classifier",
     "build_dmae",
+    "check_architecture",
     "classifier_config",
     "cpu_state",
     "dmae_config",

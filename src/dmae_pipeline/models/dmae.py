@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -20,8 +20,29 @@ from dmae_pipeline.models.pos_embed import sincos_pos_embed_2d
 from dmae_pipeline.models.preprocess import normalize, register_normalization, resize
 from dmae_pipeline.models.presets import DECODER_KEYS, DMAE_DEFAULTS, ENCODER_KEYS, resolve_config
 
-LOSS_ON = ("all", "masked")
+LossOn = Literal["all", "masked"]
+"""The patches the loss is averaged over."""
 NORM_PIX_EPS = 1e-6
+
+
+def visible_patches(num_patches: int, mask_ratio: float) -> int:
+    """How many of the ``num_patches`` patches the encoder sees: int(L * (1 - mask_ratio)) (MAE)."""
+    return int(num_patches * (1 - mask_ratio))
+
+
+def check_mask_ratio(mask_ratio: float, num_patches: int) -> None:
+    """Refuse a mask ratio that leaves the encoder no visible patch."""
+    if visible_patches(num_patches, mask_ratio) < 1:
+        raise ValueError(
+            f"mask_ratio={mask_ratio!r} leaves no visible patch of the {num_patches} patches"
+        )
+
+
+def norm_pix_stats(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each patch's mean and standard deviation (unbiased variance + eps) that ``norm_pix_loss``
+    standardizes its target with."""
+    mean = patches.mean(dim=-1, keepdim=True)
+    return mean, (patches.var(dim=-1, keepdim=True) + NORM_PIX_EPS) ** 0.5
 
 
 class Reconstruction(NamedTuple):
@@ -66,13 +87,13 @@ class DMAE(nn.Module):
         sigma: float = 0.25,
         mask_ratio: float = 0.75,
         norm_pix_loss: bool = True,
-        loss_on: str = "all",
+        loss_on: LossOn = "all",
         mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
     ) -> None:
         super().__init__()
-        if loss_on not in LOSS_ON:
-            raise ValueError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
+        if loss_on not in get_args(LossOn):
+            raise ValueError(f"loss_on must be one of {get_args(LossOn)}, got {loss_on!r}")
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.sigma, self.mask_ratio = float(sigma), float(mask_ratio)
         self.norm_pix_loss, self.loss_on = bool(norm_pix_loss), loss_on
@@ -83,7 +104,7 @@ class DMAE(nn.Module):
         # encoder
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         num_patches = self.patch_embed.num_patches
-        self._check_mask_ratio(mask_ratio)
+        check_mask_ratio(mask_ratio, num_patches)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(
             torch.zeros(1, num_patches + 1, embed_dim), requires_grad=False
@@ -175,15 +196,6 @@ class DMAE(nn.Module):
             normalize(self, resize(noisy, self.img_size)),
         )
 
-    def _check_mask_ratio(self, mask_ratio: float) -> None:
-        """Refuse a mask ratio that leaves the encoder no visible patch."""
-        n = self.num_patches
-        if (keep := int(n * (1 - mask_ratio))) < 1:
-            raise ValueError(
-                f"mask_ratio={mask_ratio!r} leaves no visible patch of the {n}: the encoder "
-                f"would keep int({n} * (1 - mask_ratio)) = {keep}"
-            )
-
     @staticmethod
     def random_masking(
         x: torch.Tensor, mask_ratio: float, noise: torch.Tensor
@@ -194,7 +206,7 @@ class DMAE(nn.Module):
         Returns (kept tokens, mask with 1 = removed, ids that restore the original order).
         """
         b, length, dim = x.shape
-        len_keep = int(length * (1 - mask_ratio))
+        len_keep = visible_patches(length, mask_ratio)
         ids_shuffle = torch.argsort(noise, dim=1)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         ids_keep = ids_shuffle[:, :len_keep]
@@ -227,9 +239,8 @@ class DMAE(nn.Module):
         and (unbiased) variance, eps 1e-6."""
         target = self.patchify(clean)
         if self.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + NORM_PIX_EPS) ** 0.5
+            mean, std = norm_pix_stats(target)
+            target = (target - mean) / std
         return target
 
     def forward_loss(
@@ -250,7 +261,7 @@ class DMAE(nn.Module):
         """The full forward pass with its intermediate images (for figures and tests)."""
         if mask_ratio is None:
             mask_ratio = self.mask_ratio
-        self._check_mask_ratio(mask_ratio)
+        check_mask_ratio(mask_ratio, self.num_patches)
         if imgs.ndim != 4 or imgs.shape[1] != self.in_chans:
             raise ValueError(
                 f"imgs must be [B, {self.in_chans}, H, W] in [0, 1], got shape {tuple(imgs.shape)}"

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from dmae_pipeline.io import safe_torch_load
-from dmae_pipeline.models.checkpoint import load_pretrained, read_state_dict
 from dmae_pipeline.models.classifier import ViTClassifier, build_classifier
+from dmae_pipeline.models.weights import load_pretrained, read_state_dict
 
 M = TypeVar("M", bound=nn.Module)
 

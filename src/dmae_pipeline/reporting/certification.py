@@ -27,7 +27,7 @@ from matplotlib.patches import Patch
 from numpy.typing import ArrayLike
 from scipy import stats
 
-from dmae_pipeline.reporting.names import BEST, curve_name, format_value
+from dmae_pipeline.reporting.names import BEST, RADIUS_UNIT, curve_name, format_value, grid_units
 from dmae_pipeline.smoothing import (
     Smooth,
     average_certified_radius,
@@ -35,8 +35,6 @@ from dmae_pipeline.smoothing import (
     certified_accuracy,
 )
 
-RADIUS_UNIT = 0.01
-"""Curves are tabulated on a grid of multiples of this radius; a metric step counts them."""
 REQUIRED_COLUMNS = ("sigma", "idx", "predict", "radius", "correct")
 PER_SIGMA_COLUMNS = (
     "clean_accuracy", "abstain_rate", "acr", "mean_samples", "median_samples", "saving",
@@ -198,16 +196,6 @@ def _samples(group: pd.DataFrame) -> dict[str, float]:
     if "n_max" in group:
         samples["saving"] = float(group["n_max"].max()) / mean if mean > 0 else float("nan")
     return samples
-
-
-def grid_units(step: float, name: str = "step") -> int:
-    """How many RADIUS_UNITs the grid spacing ``step`` is; a ValueError naming ``name`` unless it
-    is a positive whole number of them."""
-    is_number = isinstance(step, int | float) and not isinstance(step, bool)
-    units = round(step / RADIUS_UNIT) if is_number else 0
-    if units < 1 or not math.isclose(units * RADIUS_UNIT, step, rel_tol=1e-9):
-        raise ValueError(f"{name} must be a positive multiple of {RADIUS_UNIT}, got {step!r}")
-    return units
 
 
 def radius_grid(results: pd.DataFrame, max_radius: float, step: float = RADIUS_UNIT) -> np.ndarray:

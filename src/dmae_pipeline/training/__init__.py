@@ -1,9 +1,9 @@
 """The training engine shared by every training pipeline, and its losses (no Kedro imports)."""
 
 from dmae_pipeline.training.checkpoint import load_best, load_checkpoint
-from dmae_pipeline.training.config import RUNTIME_KEYS, TrainConfig, training_identity
-from dmae_pipeline.training.device import autocast_dtype, resolve_device
-from dmae_pipeline.training.engine import NonFiniteLossError, derive_seed, fit, split_batch
+from dmae_pipeline.training.config import RUNTIME_KEYS, TrainConfig
+from dmae_pipeline.training.device import Amp, Device, autocast_dtype, resolve_device
+from dmae_pipeline.training.engine import NonFiniteLossError, Stream, derive_seed, fit, split_batch
 from dmae_pipeline.training.evaluate import accuracy_evaluator, noisy_accuracy
 from dmae_pipeline.training.losses import LossFn, consistency_loss, noisy_classification_loss
 from dmae_pipeline.training.optim import build_optimizer, param_groups
@@ -12,8 +12,11 @@ from dmae_pipeline.training.schedule import lr_at, peak_lr
 
 __all__ = [
     "RUNTIME_KEYS",
+    "Amp",
+    "Device",
     "LossFn",
     "NonFiniteLossError",
+    "Stream",
     "TrainConfig",
     "accuracy_evaluator",
     "autocast_dtype",
@@ -32,5 +35,4 @@ __all__ = [
     "peak_lr",
     "resolve_device",
     "split_batch",
-    "training_identity",
 ]

@@ -28,26 +28,12 @@ def save_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    epoch: int,
-    step: int,
-    cfg: dict[str, Any],
-    train_size: int,
-    history: list[dict[str, Any]],
-    best: dict[str, Any] | None,
+    **progress: Any,
 ) -> None:
-    """Everything needed to continue exactly where the run stands after ``epoch`` epochs."""
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": epoch,
-        "step": step,
-        "cfg": cfg,
-        "train_size": train_size,
-        "history": history,
-        "best": best,
-    }
-    atomic_torch_save(state, path)
+    """Everything needed to continue exactly where the run stands: the states of ``model``,
+    ``optimizer`` and ``scaler``, and ``progress`` (the rest of CHECKPOINT_KEYS)."""
+    modules = {"model": model, "optimizer": optimizer, "scaler": scaler}
+    atomic_torch_save({**{k: m.state_dict() for k, m in modules.items()}, **progress}, path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

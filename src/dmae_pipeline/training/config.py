@@ -1,14 +1,31 @@
-"""The training engine's settings: a plain typed record, validated by whoever builds it."""
+"""The training engine's settings, declared once: the engine reads them, conf/ validates them."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
+
+from dmae_pipeline.training.device import Amp, Device
+
+RUNTIME_KEYS = frozenset(
+    {"resume", "checkpoint_every", "num_workers", "num_threads", "device", "compile"}
+)
+"""Settings that may change between a run and its resumption: they change how the run is
+executed, not what it computes."""
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings of one training run of :func:`dmae_pipeline.training.fit`.
+class TrainConfig(BaseModel):
+    """Settings of one training run of :func:`dmae_pipeline.training.fit` (immutable).
 
     The batch fields describe the run whatever the number of processes: the effective batch
     (samples per optimizer step, all processes together) is ``batch_size * accum_iter``, and
@@ -16,7 +33,7 @@ class TrainConfig:
     share it.
 
     Attributes:
-        epochs: passes over the training set (>= 1).
+        epochs: passes over the training set.
         warmup_epochs: epochs of linear lr warmup from 0 (fractional allowed, <= epochs).
         blr: base learning rate; the peak lr is blr * batch_size * accum_iter / 256.
         min_lr: the lr the half-cycle cosine ends at after ``epochs`` (<= the peak lr).
@@ -40,44 +57,42 @@ class TrainConfig:
             with a warning, where compilation fails.
     """
 
-    epochs: int
-    warmup_epochs: float
-    blr: float
-    min_lr: float
-    batch_size: int
-    weight_decay: float
-    betas: tuple[float, float]
-    seed: int
-    checkpoint_every: int
-    accum_iter: int = 1
-    clip_grad: float | None = None
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: PositiveInt
+    warmup_epochs: NonNegativeFloat
+    blr: PositiveFloat
+    min_lr: NonNegativeFloat
+    batch_size: PositiveInt
+    weight_decay: NonNegativeFloat
+    betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)]
+    seed: NonNegativeInt
+    checkpoint_every: PositiveInt
+    accum_iter: PositiveInt = 1
+    clip_grad: PositiveFloat | None = None
     resume: bool = True
-    num_workers: int = 0
-    num_threads: int | None = None
-    device: str = "auto"
-    amp: str = "auto"
+    num_workers: NonNegativeInt = 0
+    num_threads: PositiveInt | None = None
+    device: Device = "auto"
+    amp: Amp = "auto"
     compile: bool = False
 
+    @property
+    def effective_batch(self) -> int:
+        """Samples per optimizer step, all processes together."""
+        return self.batch_size * self.accum_iter
 
-# Settings that may change between a run and its resumption: they change how the run is
-# executed, not what it computes.
-RUNTIME_KEYS = frozenset(
-    {"resume", "checkpoint_every", "num_workers", "num_threads", "device", "compile"}
-)
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that decide what a run computes (all but RUNTIME_KEYS)."""
+        return self.model_dump(exclude=set(RUNTIME_KEYS))
 
-
-def training_identity(cfg: TrainConfig) -> dict[str, Any]:
-    """The settings that decide what a run computes (all but RUNTIME_KEYS), as plain values."""
-    return {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_KEYS}
-
-
-def cfg_mismatch(stored: dict[str, Any], cfg: TrainConfig) -> list[str]:
-    """Names of the computing settings that differ between a checkpoint's stored settings
-    (``asdict`` of the TrainConfig that wrote it) and ``cfg``."""
-    current = training_identity(cfg)
-    names = current.keys() | (stored.keys() - RUNTIME_KEYS)
-    return sorted(k for k in names if _plain(stored.get(k)) != _plain(current.get(k)))
+    def changed_since(self, stored: Mapping[str, Any]) -> list[str]:
+        """Names of the computing settings that differ from a checkpoint's ``stored`` ones (the
+        ``model_dump`` of the config that wrote it)."""
+        current = self.fingerprint()
+        names = current.keys() | (stored.keys() - RUNTIME_KEYS)
+        return sorted(k for k in names if _plain(stored.get(k)) != _plain(current.get(k)))
 
 
 def _plain(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+    return list(value) if isinstance(value, tuple) else value

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 
 from dmae_pipeline import distributed
 
-AMP_MODES = ("auto", "bf16", "fp16", "off")
+DEVICE_NAME = r"auto|cpu|cuda(:\d+)?"
+Device = Annotated[str, Field(pattern=rf"^({DEVICE_NAME})$")]
+"""A device name that :func:`resolve_device` accepts."""
+Amp = Literal["auto", "bf16", "fp16", "off"]
+"""An autocast precision that :func:`autocast_dtype` accepts."""
 
 
 def resolve_device(name: str) -> torch.device:
     """The torch device for ``name``: "auto" (CUDA when available, else the CPU), "cpu", "cuda"
     or "cuda:N". "auto" and "cuda" mean this process's GPU, cuda:LOCAL_RANK under torchrun."""
+    if not re.fullmatch(DEVICE_NAME, name):
+        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    expected = f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}"
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(expected) from e
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(expected)
+    device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} was requested but no CUDA device is available")
@@ -31,7 +34,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(amp: Amp, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``amp`` on ``device``; None means full fp32.
 
     ``"auto"`` is bf16 on CUDA (no loss scaling needed) and fp32 on the CPU.

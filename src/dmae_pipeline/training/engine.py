@@ -1,33 +1,7 @@
-"""The one training loop shared by pretraining, continued pretraining and finetuning.
-
-Models, losses and data differ between those stages; the loop does not. ``fit`` owns the
-optimizer, the lr schedule, accumulation, mixed precision, data parallelism, checkpoint/resume,
-model selection and progress display.
-
-Data parallelism. Under torchrun with WORLD_SIZE > 1, ``fit`` joins the process group
-(:mod:`dmae_pipeline.distributed`), wraps the model in DistributedDataParallel and gives each
-process its shard of every epoch's permutation (DistributedSampler, reshuffled per epoch). The
-effective batch ``batch_size * accum_iter`` and so the learning rate do not depend on the number
-of processes (:func:`split_batch`); each optimizer step sees the same samples as in a single
-process. Gradients are all-reduced once per step, on the last micro-batch. Only rank 0 writes
-checkpoints, evaluates, calls ``on_epoch`` and shows progress; every rank returns the same
-result and the same weights.
-
-Randomness. Every stream (the noise generator handed to ``loss_fn``, torch's, numpy's and
-python's global generators, the data workers' seeds) is reseeded at the start of each epoch from
-(seed, rank, epoch): ranks draw independent noise, and a run resumed after epoch k draws exactly
-what the uninterrupted run drew in epoch k + 1 (with ``num_workers`` > 0 the persistent workers
-keep their streams across epochs, so there a resumed run's augmentations differ). The data order
-comes from (seed, epoch) alone, so every optimizer step sees the same samples whatever the
-number of processes, also when a run resumes under another one.
-
-Non-finite losses, without a host sync per step. Each micro-batch's loss is checked on the
-device; from the first non-finite one on, every backward pass is scaled by NaN, so every later
-gradient is non-finite, also on the other ranks after the all-reduce, and the GradScaler's
-on-device check makes the fused AdamW skip those updates (weights and optimizer state stay as
-they were before that step). The flag is read every ``SYNC_EVERY`` micro-batches and at the end
-of each epoch, before anything is evaluated or written; then the run raises
-:class:`NonFiniteLossError` naming the step.
+"""The one training loop shared by pretraining, continued pretraining and finetuning: ``fit`` owns
+the optimizer, the lr schedule, accumulation, mixed precision, data parallelism, checkpoint/resume,
+model selection and progress. How it splits batches, seeds its streams and stops on a non-finite
+loss: docs/training.md.
 """
 
 from __future__ import annotations
@@ -37,7 +11,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import asdict
+from enum import IntEnum
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -58,7 +32,7 @@ from dmae_pipeline.training.checkpoint import (
     save_best,
     save_checkpoint,
 )
-from dmae_pipeline.training.config import TrainConfig, cfg_mismatch
+from dmae_pipeline.training.config import TrainConfig
 from dmae_pipeline.training.device import autocast_dtype, resolve_device, runtime
 from dmae_pipeline.training.losses import LossFn
 from dmae_pipeline.training.optim import build_optimizer
@@ -66,12 +40,24 @@ from dmae_pipeline.training.schedule import lr_at, peak_lr, set_lr
 
 logger = logging.getLogger(__name__)
 
-# Streams derived from cfg.seed (with the rank and the epoch, except the data order's).
-_NOISE, _TORCH, _NUMPY, _PYTHON, _DATA, _WORKERS = range(6)
 _ENGINE_KEYS = ("epoch", "train_loss", "lr", "images_per_s")
 # Micro-batches between two reads of the device's loss and non-finite flag.
 SYNC_EVERY = 50
 _NO_BAD_STEP = 2**62
+
+
+class Stream(IntEnum):
+    """The independent random streams of a run's seed: ``derive_seed(seed, stream, ...)``. The
+    engine's own are drawn per rank and epoch (the data order's per epoch only)."""
+
+    NOISE = 0
+    TORCH = 1
+    NUMPY = 2
+    PYTHON = 3
+    DATA = 4
+    WORKERS = 5
+    MODEL_INIT = 100  # a model's random initial weights
+    FIGURE = 101  # the noise and masks of the reconstruction figure
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -137,11 +123,10 @@ def fit(
     micro_batch, accum = split_batch(cfg.batch_size, cfg.accum_iter, distributed.world_size())
     if select_metric is not None and evaluate is None:
         raise ValueError(f"select_metric={select_metric!r} needs an evaluate function")
-    effective = cfg.batch_size * cfg.accum_iter
-    steps_per_epoch = len(train_set) // effective
+    steps_per_epoch = len(train_set) // cfg.effective_batch
     if steps_per_epoch == 0:
         raise ValueError(
-            f"the effective batch batch_size * accum_iter = {effective} exceeds the "
+            f"the effective batch batch_size * accum_iter = {cfg.effective_batch} exceeds the "
             f"{len(train_set)} training samples"
         )
     device = resolve_device(cfg.device)
@@ -210,7 +195,7 @@ def fit(
                 if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
                     save_checkpoint(
                         last_path, model=model, optimizer=optimizer, scaler=scaler, epoch=epoch,
-                        step=step, cfg=asdict(cfg), train_size=len(train_set), history=history,
+                        step=step, cfg=cfg.model_dump(), train_size=len(train_set), history=history,
                         best=best,
                     )  # fmt: skip
 
@@ -254,7 +239,7 @@ class _Trainer:
             num_replicas=self.world,
             rank=self.rank,
             shuffle=True,
-            seed=derive_seed(cfg.seed, _DATA),
+            seed=derive_seed(cfg.seed, Stream.DATA),
             drop_last=True,
         )
         self.loader = DataLoader(
@@ -277,15 +262,15 @@ class _Trainer:
             )
         self.eager = self.ddp or model
         self.train_model = torch.compile(self.eager) if cfg.compile else self.eager
-        self.compile_unproven = cfg.compile
+        self.first_compiled_call = cfg.compile
 
     def seed_epoch(self, epoch: int) -> None:
         seed, rank = self.cfg.seed, self.rank
-        torch.manual_seed(derive_seed(seed, _TORCH, rank, epoch))
-        np.random.seed(derive_seed(seed, _NUMPY, rank, epoch))
-        random.seed(derive_seed(seed, _PYTHON, rank, epoch))
-        self.noise.manual_seed(derive_seed(seed, _NOISE, rank, epoch))
-        self.loader.generator.manual_seed(derive_seed(seed, _WORKERS, rank, epoch))
+        torch.manual_seed(derive_seed(seed, Stream.TORCH, rank, epoch))
+        np.random.seed(derive_seed(seed, Stream.NUMPY, rank, epoch))
+        random.seed(derive_seed(seed, Stream.PYTHON, rank, epoch))
+        self.noise.manual_seed(derive_seed(seed, Stream.NOISE, rank, epoch))
+        self.loader.generator.manual_seed(derive_seed(seed, Stream.WORKERS, rank, epoch))
         self.sampler.set_epoch(epoch)
 
     def train_epoch(self, epoch: int, step: int) -> tuple[dict[str, float], int]:
@@ -343,9 +328,9 @@ class _Trainer:
         """The micro-batch's loss (detached); its gradient is accumulated, and all-reduced over
         the processes only when ``sync``. The first call of a compiled model falls back to the
         eager one, with a warning, where compilation fails."""
-        if not self.compile_unproven:
+        if not self.first_compiled_call:
             return self._forward_backward(batch, step, sync)
-        self.compile_unproven = False
+        self.first_compiled_call = False
         rng = _rng_state(self.noise)
         try:
             return self._forward_backward(batch, step, sync)
@@ -419,9 +404,9 @@ def _load_resumable(path: Path, cfg: TrainConfig, train_size: int) -> dict[str, 
             f"{path} was trained on {stored['train_size']} samples, this train_set has "
             f"{train_size}; use a fresh run folder or turn resume off to start over"
         )
-    changed = cfg_mismatch(stored["cfg"], cfg)
+    changed = cfg.changed_since(stored["cfg"])
     if changed:
-        current = asdict(cfg)
+        current = cfg.model_dump()
         details = ", ".join(f"{k}: {stored['cfg'].get(k)!r} -> {current.get(k)!r}" for k in changed)
         raise ValueError(
             f"{path} was written with other training settings ({details}); "

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 
-from dmae_pipeline.models.checkpoint import unwrap
+from dmae_pipeline.models.weights import unwrap
 
 # Parameters named like this never get weight decay, whatever their shape.
 NO_DECAY_NAMES = ("pos_embed", "decoder_pos_embed", "cls_token", "mask_token", "dist_token")

@@ -1,6 +1,6 @@
-"""What a run folder's checkpoints were trained from, so that a changed run never resumes them.
+"""A run folder's fingerprint (run.json), so that a changed run never resumes its checkpoints.
 
-``fit`` checks the training settings itself; the record adds what the engine cannot see: the
+``fit`` checks the training settings itself; the fingerprint adds what the engine cannot see: the
 model, the data, the augmentation, the initial weights, the loss.
 """
 
@@ -29,13 +29,13 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
-def check_run_dir(run_dir: Path, identity: Mapping[str, Any], resume: bool) -> None:
-    """Refuse a checkpoint in ``run_dir`` that a run of other settings left there."""
+def check_run_dir(run_dir: Path, fingerprint: Mapping[str, Any], resume: bool) -> None:
+    """Refuse a checkpoint in ``run_dir`` that a run of another ``fingerprint`` left there."""
     record, last = run_dir / RUN_RECORD, run_dir / LAST
     if not resume or not last.exists():
         return
     stored = json.loads(record.read_text()) if record.exists() else {}
-    old, new = _flat(stored), _flat(json.loads(json.dumps(identity)))
+    old, new = _flat(stored), _flat(json.loads(json.dumps(fingerprint)))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if changed:
         sections = sorted({k.split(".")[0] for k in changed})
@@ -46,17 +46,17 @@ def check_run_dir(run_dir: Path, identity: Mapping[str, Any], resume: bool) -> N
         )
 
 
-def claim_run_dir(run_dir: Path, identity: Mapping[str, Any], resume: bool) -> None:
-    """Check ``run_dir`` and record ``identity`` there. Without ``resume`` an earlier checkpoint
+def claim_run_dir(run_dir: Path, fingerprint: Mapping[str, Any], resume: bool) -> None:
+    """Check ``run_dir`` and record ``fingerprint`` there. Without ``resume`` an earlier checkpoint
     is removed first, so that a run dying before its first checkpoint cannot leave it behind
     under this run's record. In a data-parallel run only rank 0 writes; the others check."""
     if not distributed.is_main():
-        check_run_dir(run_dir, identity, resume)
+        check_run_dir(run_dir, fingerprint, resume)
         return
     last = run_dir / LAST
     if not resume and last.exists():
         logger.warning("resume is off: starting over, %s is removed", last)
         last.unlink()
-    check_run_dir(run_dir, identity, resume)
+    check_run_dir(run_dir, fingerprint, resume)
     with atomic_write(run_dir / RUN_RECORD, "w") as f:
-        json.dump(identity, f, indent=2)
+        json.dump(fingerprint, f, indent=2)

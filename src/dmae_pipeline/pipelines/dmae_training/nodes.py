@@ -13,12 +13,11 @@ from matplotlib.figure import Figure
 
 from dmae_pipeline.data import SplitDataset, build_transform
 from dmae_pipeline.io import state_digest
-from dmae_pipeline.models import DMAE, build_dmae, cpu_state
-from dmae_pipeline.params import CifarPretrainParams, PretrainParams, check_architecture
+from dmae_pipeline.models import DMAE, build_dmae, check_architecture, cpu_state
+from dmae_pipeline.params import CifarPretrainParams, PretrainParams
 from dmae_pipeline.reporting.reconstruction import reconstruction_figure
-from dmae_pipeline.training import derive_seed
+from dmae_pipeline.training import Stream, derive_seed
 from dmae_pipeline.training_stages import (
-    FIGURE_STREAM,
     dataset_fields,
     initial_model,
     initial_weights,
@@ -74,7 +73,7 @@ def train_dmae(
         source,
         len(train_set),
     )
-    identity = {
+    fingerprint = {
         "model": model.config,
         "augment": params.augment.transform_args(),
         "dataset": {k: dataset_spec[k] for k in ("name", "image_size", "channels", "split_sizes")},
@@ -85,7 +84,7 @@ def train_dmae(
         train_set,
         params,
         Path(params.run_dir),
-        identity,
+        fingerprint,
         loss_fn=dmae_loss,
         name=params.block,
     )["history"]
@@ -98,7 +97,7 @@ def train_dmae(
     )
     shown = SplitDataset(train_split, build_transform(dataset_spec, train=False))
     images = torch.stack([shown[i][0] for i in range(min(params.figure_images, len(shown)))])
-    generator = torch.Generator().manual_seed(derive_seed(params.train.seed, FIGURE_STREAM))
+    generator = torch.Generator().manual_seed(derive_seed(params.train.seed, Stream.FIGURE))
     state = cpu_state(model)
     checkpoint = {"model": state, "config": model.config, "epoch": history[-1]["epoch"]}
     return checkpoint, state, reconstruction_figure(model, images, generator)

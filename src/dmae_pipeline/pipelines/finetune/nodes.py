@@ -23,8 +23,8 @@ import pandas as pd
 
 from dmae_pipeline.data import SplitDataset, build_transform
 from dmae_pipeline.io import state_digest
-from dmae_pipeline.models import build_classifier, cpu_state
-from dmae_pipeline.params import FinetuneParams, check_architecture
+from dmae_pipeline.models import build_classifier, check_architecture, cpu_state
+from dmae_pipeline.params import FinetuneParams
 from dmae_pipeline.reporting.names import sigma_label
 from dmae_pipeline.training import (
     accuracy_evaluator,

@@ -68,7 +68,7 @@ def test_released_dmae_file_of_another_grid_loads_into_a_dmae(tiny, tmp_path, ca
     path = tmp_path / "dmae_tiny_sigma_0.25.pth"
     torch.save(released, path)
     model = build_dmae("tiny", **{**tiny, "img_size": 32})  # an 8x8 grid
-    with caplog.at_level(logging.INFO, logger="dmae_pipeline.models.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="dmae_pipeline.models.weights"):
         missing, unexpected = load_pretrained(model, path)
     assert missing == [] and unexpected == []
     assert torch.equal(model.pos_embed, sincos_pos_embed_2d(32, 8))
@@ -88,7 +88,7 @@ def test_a_learnable_table_is_resampled_as_timm_does(tiny_encoder, old, new, cap
     with torch.no_grad():
         source.pos_embed.normal_(generator=torch.Generator().manual_seed(0))
     model = build_classifier("tiny", 10, **{**tiny_encoder, "img_size": 4 * new})
-    with caplog.at_level(logging.INFO, logger="dmae_pipeline.models.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="dmae_pipeline.models.weights"):
         assert load_pretrained(model, source.state_dict()) == ([], [])
     expected = resample_abs_pos_embed(source.pos_embed.detach(), new_size=[new, new])
     assert torch.equal(model.pos_embed.detach(), expected)
@@ -99,7 +99,7 @@ def test_a_learnable_table_is_resampled_as_timm_does(tiny_encoder, old, new, cap
 def test_released_dmae_file_into_a_classifier_reports_the_rest(tiny_encoder, caplog):
     released = released_dmae_state(grid=4)
     model = build_classifier("tiny", 10, **tiny_encoder)
-    with caplog.at_level(logging.INFO, logger="dmae_pipeline.models.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="dmae_pipeline.models.weights"):
         missing, unexpected = load_pretrained(model, released)
     assert sorted(missing) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
     assert "mask_token" in unexpected and "norm.weight" in unexpected
@@ -113,9 +113,13 @@ def test_released_dmae_file_into_a_classifier_reports_the_rest(tiny_encoder, cap
     assert "decoder_blocks.* (12)" in message
 
 
-def test_finetuned_shape_with_wrapper_prefix_loads(tiny_encoder, tmp_path):
+@pytest.mark.parametrize(
+    "prefix", ["module.", "_orig_mod.", "_orig_mod.module.", "module._orig_mod."]
+)
+def test_finetuned_shape_with_wrapper_prefix_loads(tiny_encoder, tmp_path, prefix):
+    """DDP's and torch.compile's prefixes, also nested (the engine compiles a DDP model)."""
     source = build_classifier("tiny", 10, **tiny_encoder)
-    wrapped = {f"module.{k}": v for k, v in source.state_dict().items()}
+    wrapped = {f"{prefix}{k}": v for k, v in source.state_dict().items()}
     path = tmp_path / "finetuned.pth"
     checkpoint = {"model": wrapped, "optimizer": {}, "epoch": 3, "args": {"lr": 1e-3}}
     atomic_torch_save({**checkpoint, "config": source.config}, path)

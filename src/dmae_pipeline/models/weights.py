@@ -1,4 +1,4 @@
-"""Import and export of weights in the released DMAE/MAE formats and the pipeline's own.
+"""Weights in and out: the released DMAE/MAE formats and the pipeline's own.
 
 Released pretrained files are a plain state dict; released finetuned files and the pipeline's
 checkpoints hold it under 'model'. Encoder names are timm's VisionTransformer names, so one loader
@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from dmae_pipeline.io import atomic_torch_save, safe_torch_load
 from dmae_pipeline.models.pos_embed import grid_size_of
@@ -23,7 +24,8 @@ from dmae_pipeline.models.pos_embed import grid_size_of
 logger = logging.getLogger(__name__)
 
 POS_EMBED_KEYS = ("pos_embed", "decoder_pos_embed")
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+# DistributedDataParallel's and torch.compile's, in either nesting (the engine compiles DDP)
+WRAPPER_PREFIXES = ("_orig_mod.", "module.", "_orig_mod.")
 StateSource = str | Path | Mapping[str, Any]
 
 
@@ -57,11 +59,9 @@ def read_state_dict(src: StateSource) -> dict[str, torch.Tensor]:
             f"{name} is not a state dict: expected {{name: tensor}} "
             "or {'model': {name: tensor}}"
         )
-    state = {}
-    for key, value in src.items():
-        while key.startswith(WRAPPER_PREFIXES):
-            key = key.split(".", 1)[1]
-        state[key] = value
+    state = dict(src)
+    for prefix in WRAPPER_PREFIXES:
+        consume_prefix_in_state_dict_if_present(state, prefix)
     return state
 
 
