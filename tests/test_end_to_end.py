@@ -28,7 +28,7 @@ from dmae_pipeline.settings import CONFIG_LOADER_ARGS
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-STAGES = ["data_prep", "pretrain", "cifar_pretrain", "finetune", "certify", "report"]
+STAGES = ["data_prep", "pretrain", "cifar_pretrain", "finetune", "certify", "report", "publish"]
 
 
 def sh(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
@@ -111,7 +111,7 @@ def test_finetune_parameter_change_reruns_only_downstream_from_scratch(chain):
     params = yaml.safe_load(path.read_text())
     params["finetune"]["train"]["seed"] += 1
     path.write_text(yaml.safe_dump(params))
-    assert ran_stages(sh("dvc", "repro", cwd=chain)) == ["finetune", "certify", "report"]
+    assert ran_stages(sh("dvc", "repro", cwd=chain)) == ["finetune", "certify", "report", "publish"]
 
 
 def certification_logs(project: Path) -> dict[str, pd.DataFrame]:
@@ -130,7 +130,7 @@ def test_code_change_recertifies_instead_of_resuming_the_logs(chain):
     sh("dvc", "commit", "--force", "certify", cwd=chain)
     with (chain / "src/dmae_pipeline/smoothing/core.py").open("a") as f:
         f.write("# edited\n")
-    assert ran_stages(sh("dvc", "repro", cwd=chain)) == ["certify", "report"]
+    assert ran_stages(sh("dvc", "repro", cwd=chain)) == ["certify", "report", "publish"]
     redone = certification_logs(chain)
     assert redone.keys() == logs.keys()
     for name, log in logs.items():
@@ -194,6 +194,12 @@ def test_mlflow_server_serves_the_certified_accuracy_curves(chain):
             f"{base}/metrics/get-history?run_id={report['info']['run_id']}&metric_key={curve}"
         )["metrics"]
         assert len(history) > 1
+        # each run of the publish stage registered a version of every certified model
+        registered = get_json(f"{base}/registered-models/search?max_results=10")
+        sigmas = yaml.safe_load((chain / "conf/base/parameters_finetune.yml").read_text())
+        assert {m["name"] for m in registered["registered_models"]} == {
+            f"dmae_digits_sigma_{sigma:.2f}" for sigma in sigmas["finetune"]["sigmas"]
+        }
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

@@ -422,6 +422,17 @@ class CertifyParams(Params):
         return self
 
 
+class PublishParams(Params):
+    """``publish``: the certified models as MLflow models (``serving``): what one request may ask
+    for and where the served model runs; its defaults are the certify settings."""
+
+    block: ClassVar[str] = "publish"
+    max_n: PositiveInt
+    max_images: PositiveInt
+    device: Device = "auto"
+    autocast: Amp = "auto"
+
+
 class ReferencePoint(Params):
     label: Annotated[str, Field(min_length=1)]
     radii: Annotated[list[NonNegativeFloat], Field(min_length=1)]
@@ -523,6 +534,7 @@ BLOCKS: dict[str, type[Params]] = {
         FinetuneParams,
         CertifyParams,
         ReportParams,
+        PublishParams,
         CompareParams,
     )
 }
@@ -619,7 +631,14 @@ def _combinations(
                 config = architectures[name] = stage.architecture(base)
             yield from (f"{name}.model: {p}" for p in architecture_problems(config))
         yield from _batch_problems(stage, sizes.get("train"), world_size)
-    certify = blocks.get("certify")
+    certify, publish = blocks.get("certify"), blocks.get("publish")
+    if certify is not None and publish is not None:
+        for key in ("n0", "n"):
+            if getattr(certify, key) > publish.max_n:
+                yield (
+                    f"certify.{key}: {getattr(certify, key)} exceeds publish.max_n "
+                    f"({publish.max_n}), so the published models would refuse their own defaults"
+                )
     if certify is not None and sizes.get("test"):
         selected = len(range(0, sizes["test"], certify.skip)[: certify.max_images])
         if certify.num_shards > selected:

@@ -4,7 +4,15 @@ they are done."""
 
 from kedro.pipeline import Pipeline
 
-from dmae_pipeline.pipelines import certify, compare, data_prep, dmae_training, finetune, report
+from dmae_pipeline.pipelines import (
+    certify,
+    compare,
+    data_prep,
+    dmae_training,
+    finetune,
+    publish,
+    report,
+)
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -15,6 +23,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "finetune": finetune.create_pipeline(),
         "certify": certify.create_pipeline(),
         "report": report.create_pipeline(),
+        "publish": publish.create_pipeline(),
     }
     return {
         **stages,

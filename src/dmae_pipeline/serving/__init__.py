@@ -1,0 +1,17 @@
+"""The smoothed classifier as a deployable model: certify images with a finetuned classifier
+(``SmoothedClassifier``), and the same as an MLflow pyfunc model, logged and registered per sigma
+(``log_smoothed_classifier``) and served by ``mlflow models serve`` (torch + MLflow, no Kedro)."""
+
+from dmae_pipeline.serving.classifier import COLUMNS, CertifySettings, SmoothedClassifier
+from dmae_pipeline.serving.publish import log_smoothed_classifier, registry_name
+from dmae_pipeline.serving.pyfunc import Limits, SmoothedClassifierModel
+
+__all__ = [
+    "COLUMNS",
+    "CertifySettings",
+    "Limits",
+    "SmoothedClassifier",
+    "SmoothedClassifierModel",
+    "log_smoothed_classifier",
+    "registry_name",
+]
