@@ -20,6 +20,7 @@ from kedro.validation.exceptions import ModelInstantiationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dmae_pipeline.models import PRESETS, classifier_config, dmae_config, encoder_config
+from dmae_pipeline.smoothing import CertifySettings
 from dmae_pipeline.training import TrainConfig, split_batch
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -454,8 +455,16 @@ class CertifyParams(Params):
     seed: NonNegativeInt = 0
     log_dir: Annotated[str, Field(min_length=1)]
     device: Device = "auto"
-    autocast: Amp = "auto"
+    amp: Amp = "auto"
     compile: bool = False
+
+    def settings(self, radii: list[float]) -> CertifySettings:
+        """The library's settings of this CERTIFY; sequential mode settles ``radii``."""
+        return CertifySettings(
+            **self.model_dump(include={"n0", "n", "alpha", "batch_size", "stop_at_selection"}),
+            radii=tuple(radii) if self.mode == "sequential" else None,
+            seed=self.seed,
+        )
 
     @model_validator(mode="after")
     def _shard(self) -> CertifyParams:
@@ -647,7 +656,7 @@ def check_run(
     """Refuse, with every problem at once, what no single block can see.
 
     :param parameters: every block of the run's config (models for the blocks Kedro validated)
-    :param used: the blocks the run's nodes read
+    :param used: the blocks the run's nodes read, whole or in part
     :param data: ``{"split_sizes": {"train", "val", "test"}, "num_classes"}`` of the data the run
                  trains on, as far as known before it starts (None: unknown)
     :param world_size: the number of processes of the launch (torchrun's WORLD_SIZE)
@@ -658,7 +667,8 @@ def check_run(
         if name not in BLOCKS
     ]
     if not problems:
-        blocks = {name: parameters[name] for name in used}
+        # Kedro validates the blocks nodes read whole; this, those read in part (finetune.sigmas)
+        blocks = {name: BLOCKS[name].model_validate(parameters[name]) for name in used}
         problems = list(_combinations(blocks, data or {}, world_size))
     if problems:
         raise ParamsError("Parameter validation failed:\n- " + "\n- ".join(problems))
