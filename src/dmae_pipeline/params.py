@@ -20,7 +20,6 @@ from kedro.validation.exceptions import ModelInstantiationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dmae_pipeline.models import PRESETS, classifier_config, dmae_config, encoder_config
-from dmae_pipeline.smoothing import CertifySettings
 from dmae_pipeline.training import TrainConfig, split_batch
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -439,7 +438,8 @@ class FinetuneParams(StageParams):
 
 class CertifyParams(Params):
     """``certify``: Cohen et al.'s CERTIFY of the selected test images (``smoothing``): fixed-n, or
-    sequential with ``n`` as n_max, settling the certificates at ``report.radii``."""
+    sequential with at most ``n`` estimation samples, settling the certificates at
+    ``report.radii``; ``amp`` is the model's autocast precision, as ``train.amp``."""
 
     block: ClassVar[str] = "certify"
     n0: PositiveInt
@@ -457,14 +457,6 @@ class CertifyParams(Params):
     device: Device = "auto"
     amp: Amp = "auto"
     compile: bool = False
-
-    def settings(self, radii: list[float]) -> CertifySettings:
-        """The library's settings of this CERTIFY; sequential mode settles ``radii``."""
-        return CertifySettings(
-            **self.model_dump(include={"n0", "n", "alpha", "batch_size", "stop_at_selection"}),
-            radii=tuple(radii) if self.mode == "sequential" else None,
-            seed=self.seed,
-        )
 
     @model_validator(mode="after")
     def _shard(self) -> CertifyParams:

@@ -55,16 +55,19 @@ class CertifySettings:
     seed: int = 0
 
     def __post_init__(self):
-        checked = {name: check_positive_int(name, getattr(self, name)) for name in ("n0", "n")}
-        checked["alpha"] = check_alpha(self.alpha)
-        checked["batch_size"] = check_positive_int("batch_size", self.batch_size)
-        if self.radii is not None:
-            checked["radii"] = tuple(check_radii(self.radii).tolist())
-        elif self.stop_at_selection:
+        plain = {  # checked, as plain Python values
+            "n0": check_positive_int("n0", self.n0),
+            "n": check_positive_int("n", self.n),
+            "alpha": check_alpha(self.alpha),
+            "batch_size": check_positive_int("batch_size", self.batch_size),
+            "radii": None if self.radii is None else tuple(check_radii(self.radii).tolist()),
+            "stop_at_selection": bool(self.stop_at_selection),
+            "seed": int(self.seed),
+        }
+        if self.stop_at_selection and self.radii is None:
             raise ValueError("stop_at_selection applies to sequential CERTIFY only: give radii")
         image_seed(self.seed, 0)  # checks the seed
-        checked["seed"] = int(self.seed)
-        for name, value in checked.items():
+        for name, value in plain.items():
             object.__setattr__(self, name, value)
 
     @property

@@ -20,6 +20,7 @@ from dmae_pipeline.models import load_classifier
 from dmae_pipeline.params import CertifyParams
 from dmae_pipeline.reporting.names import sigma_label
 from dmae_pipeline.smoothing import (
+    CertifySettings,
     CompiledClassifier,
     IncompleteCertificationError,
     Smooth,
@@ -65,7 +66,12 @@ def certify_test_split(
             in_chans=dataset_spec["channels"],
         )
         sigma_of[name] = float(checkpoint["sigma"])
-    settings = certify.settings(radii)
+    settings = CertifySettings(
+        **certify.model_dump(
+            include={"n0", "n", "alpha", "batch_size", "stop_at_selection", "seed"}
+        ),
+        radii=tuple(radii) if certify.mode == "sequential" else None,
+    )
     dataset = SplitDataset(test_split, build_transform(dataset_spec, train=False))
     # on-disk splits: the file list, not the root, so that shards on other machines agree
     data = {"spec": dataset_spec, **{k: test_split.get(k) for k in ("images", "labels", "paths")}}
