@@ -93,9 +93,9 @@ def test_settled_stops_when_every_radius_is_proven_disproven_or_out_of_reach():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"n_max": 0}, "n_max"),
-        ({"n_max": True}, "n_max"),
-        ({"n_max": 1000.5}, "n_max"),
+        ({"n_max": 0}, "^n_max must be a positive integer, got 0$"),
+        ({"n_max": True}, "^n_max must be a positive integer, got True$"),
+        ({"n_max": 1000.5}, r"^n_max must be a positive integer, got 1000\.5$"),
         ({"radii": [None]}, "radii"),
         ({"radii": []}, "radii"),
         ({"radii": [-0.5]}, "radii"),
@@ -218,6 +218,24 @@ def test_inputs_stopped_together_never_cost_an_empty_batch():
     assert min(len(batch) for batch in model.inputs) > 0
 
 
+def test_an_input_settled_at_a_look_lets_the_others_at_that_look_go_on():
+    """Two inputs reach a look in one batch: the first settles there (pA near 1 proves the
+    radius), the second (pA at the radius's threshold) draws its next segment at once: no input
+    waits a batch, and the model never sees an empty batch."""
+    model = Recorder(BernoulliModel(P_BASE, CENTER, SIGMA))
+    smooth = Smooth(model, 2, SIGMA)
+    radius = 0.1
+    items = [
+        (i, at(p_a), torch.Generator().manual_seed(i))
+        for i, p_a in enumerate([0.99999, norm.cdf(radius / SIGMA)])
+    ]
+    certs = dict(certify_many(smooth, items, 10, 2000, 0.01, 100, [radius]))
+    first_look = SequentialTest(2000, 0.01, SIGMA, [radius]).looks[0]
+    assert certs[0].n == first_look < certs[1].n and certs[0].radius >= radius
+    assert [len(batch) for batch in model.inputs[:2]] == [20, 2 * first_look]
+    assert min(len(batch) for batch in model.inputs) > 0
+
+
 def test_inputs_are_taken_only_as_needed():
     """A batch that one input's selection fills takes no second input."""
     taken = []
@@ -312,6 +330,11 @@ def test_certify_many_rejects_shared_or_missing_generators_and_mixed_shapes():
         list(certify_many(smooth, items, 10, 100, 0.01, 1000, RADII))
     with pytest.raises(ValueError, match="radii"):
         certify_many(smooth, [], 10, 100, 0.01, 1000, [])  # checked before any iteration
+    # checked before any iteration, and named exactly
+    with pytest.raises(ValueError, match=r"^n0 must be a positive integer, got 0$"):
+        certify_many(smooth, [], 0, 100, 0.01, 1000, RADII)
+    with pytest.raises(ValueError, match=r"^batch_size must be a positive integer, got 0$"):
+        certify_many(smooth, [], 10, 100, 0.01, 0, RADII)
 
 
 def test_pool_keeps_noise_float32_under_autocast():
