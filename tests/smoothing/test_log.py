@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dmae_pipeline.smoothing import (
+    LOG_COLUMNS,
     CertifySettings,
     IncompleteCertificationError,
     Smooth,
@@ -76,6 +77,9 @@ def test_repeated_rows_are_kept_once_and_conflicting_ones_refused(smooth, datase
     run(smooth, dataset, [1, 2, 3], second)
     merged = merge_logs([first, second, first])
     assert merged["idx"].tolist() == [0, 1, 2, 3]
+    # a repeated row is kept as the first log given has it
+    np.testing.assert_array_equal(merged["time"][:3], read_log(first)["time"])
+    assert merge_logs([second, first])["time"][1] == read_log(second)["time"][0]
     assert_same_certificates(
         {c: merged[c][1:3] for c in merged}, {c: v[1:] for c, v in read_log(first).items()}
     )
@@ -84,6 +88,11 @@ def test_repeated_rows_are_kept_once_and_conflicting_ones_refused(smooth, datase
     fields[2] = "-1" if fields[2] != "-1" else "0"  # image 1's prediction, changed
     second.write_text("\n".join([lines[0], "\t".join(fields), *lines[2:]]) + "\n")
     with pytest.raises(ValueError, match="disagree about image idx 1"):
+        merge_logs([first, second])
+    fields = lines[2].split("\t")
+    fields[6] = str(int(fields[6]) - 1)  # image 2's nA, changed
+    second.write_text("\n".join([lines[0], lines[1], "\t".join(fields), *lines[3:]]) + "\n")
+    with pytest.raises(ValueError, match="disagree about image idx 2"):
         merge_logs([first, second])
 
 
@@ -96,6 +105,7 @@ def test_reads_a_cohen_log(tmp_path):
     )
     log = read_log(path)
     assert log["radius"].tolist() == [0.512, 0.0] and log["correct"].tolist() == [1, 0]
+    assert log["time"].tolist() == ["0:00:01.503211", "0:00:01.498100"]
 
 
 def test_merged_shard_logs_hold_every_image_of_the_shards(smooth, dataset, tmp_path):
@@ -117,19 +127,36 @@ def test_merged_shard_logs_hold_every_image_of_the_shards(smooth, dataset, tmp_p
     run(smooth, dataset, [1], fixed)
     with pytest.raises(ValueError, match="mix fixed and sequential estimation"):
         merge_logs([parts[0], fixed])
+    longer = tmp_path / "longer.tsv"
+    certify_dataset(smooth, dataset, [2], dataclasses.replace(FIXED, n=65), longer, progress=False)
+    with pytest.raises(ValueError, match=r"mix n=\[64, 65\]"):
+        merge_logs([fixed, longer])
+
+
+def test_an_empty_log_has_the_columns_types(smooth, dataset, tmp_path):
+    path = tmp_path / "log.tsv"
+    path.touch()  # an empty file, as a process killed before the header leaves it
+    assert run(smooth, dataset, [], path)["idx"].tolist() == []
+    assert path.read_text() == "\t".join(LOG_COLUMNS) + "\n"
+    for log in (read_log(path), merge_shard_logs([], [[]])):
+        kinds = {column: values.dtype.kind for column, values in log.items()}
+        assert kinds == {**dict.fromkeys(LOG_COLUMNS, "i"), "radius": "f", "time": "f",
+                         "pA_lower": "f", "estimation": "U"}  # fmt: skip
 
 
 def test_refuses_a_file_of_another_format(smooth, dataset, tmp_path):
     other = tmp_path / "other.tsv"
     other.write_text("a\tb\n1\t2\n")
-    with pytest.raises(ValueError, match="not a certification log"):
+    with pytest.raises(ValueError, match=r"other\.tsv is not a certification log"):
         run(smooth, dataset, [0], other)
     with pytest.raises(FileNotFoundError, match=r"missing\.tsv"):
         read_log(tmp_path / "missing.tsv")
     cohen = tmp_path / "cohen.tsv"
     cohen.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t3\t3\t0.5\t1\t0:00:01\n")
-    with pytest.raises(ValueError, match=r"has columns \['idx', .*'time'\], expected"):
+    with pytest.raises(ValueError, match=r"cohen\.tsv has columns \['idx', .*'time'\], expected"):
         run(smooth, dataset, [0], cohen)
+    with pytest.raises(ValueError, match=r"cohen\.tsv has columns"):
+        merge_logs([cohen])
     assert read_log(cohen)["idx"].tolist() == [0]
     log = tmp_path / "log.tsv"
     run(smooth, dataset, [0, 1], log)

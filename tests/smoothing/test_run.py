@@ -1,5 +1,6 @@
 import dataclasses
 import multiprocessing
+import time
 
 import numpy as np
 import pytest
@@ -22,12 +23,14 @@ from dmae_pipeline.smoothing import (
 )
 from dmae_pipeline.smoothing.log import lock_path
 
-from .toys import LinearModel
+from .toys import ConstantModel, LinearModel
 
 N0, N, ALPHA, BATCH, SEED, SIGMA = 16, 64, 0.05, 24, 11, 0.25
 FIXED = CertifySettings(n0=N0, n=N, alpha=ALPHA, batch_size=BATCH, seed=SEED)
 RADII = (0.0, 0.1, 0.2)
 SEQUENTIAL = dataclasses.replace(FIXED, n=2000, radii=RADII)
+IMAGE_SEED_11_6 = 3542400507103910181
+FIXED_FINGERPRINT, SEQUENTIAL_FINGERPRINT = "50fe862298a2", "9404f7155a3a"  # of MODEL and DATA
 
 
 @pytest.fixture
@@ -62,8 +65,12 @@ def sorted_rows(path) -> list[list[str]]:
     return sorted(without_time(path)[1:], key=lambda row: int(row[0]))
 
 
-def test_rows_are_certificates_of_their_images(smooth, dataset, tmp_path):
-    log = run(smooth, dataset, range(10), tmp_path / "log.tsv")
+def test_rows_are_certificates_of_their_images(smooth, dataset, tmp_path, capsys):
+    started = time.perf_counter()
+    log = certify_dataset(smooth, dataset, range(10), FIXED, tmp_path / "log.tsv")
+    elapsed = time.perf_counter() - started
+    assert "log.tsv" in capsys.readouterr().err  # the progress bar, on by default
+    assert 0 < log["time"].sum() <= elapsed  # each row's seconds since the one before
     assert tuple(log) == LOG_COLUMNS
     assert (tmp_path / "log.tsv").read_text().splitlines()[0].split("\t") == list(LOG_COLUMNS)
     assert log["idx"].tolist() == list(range(10))
@@ -171,9 +178,18 @@ def test_settings_refuse_bad_values(changes, match):
 
 
 def test_settings_hold_plain_values_and_the_batch_lengths():
-    settings = CertifySettings(np.int64(3), 100, np.float32(0.5), 8, radii=[0.5, 1], seed=2)
-    assert settings == CertifySettings(3, 100, 0.5, 8, radii=(0.5, 1.0), seed=2)
-    assert type(settings.n0) is int and type(settings.alpha) is float
+    settings = CertifySettings(
+        *(np.int64(3), np.int64(100), np.float32(0.5), np.int64(8)),
+        radii=np.array([0.5, 1]),
+        stop_at_selection=np.True_,
+        seed=np.int64(2),
+    )
+    assert settings == CertifySettings(
+        3, 100, 0.5, 8, radii=(0.5, 1.0), stop_at_selection=True, seed=2
+    )
+    types = [type(value) for value in dataclasses.astuple(settings)]
+    assert types == [int, int, float, int, tuple, bool, int]
+    assert {type(radius) for radius in settings.radii} == {float}
     assert settings.batch_lengths == [8]  # sequential batches are full but a segment's last
     assert FIXED.batch_lengths == [N0, BATCH]  # and fixed-n's selection batch
     assert dataclasses.replace(FIXED, n0=100).batch_lengths == [BATCH]
@@ -181,6 +197,8 @@ def test_settings_hold_plain_values_and_the_batch_lengths():
 
 def test_image_seed_is_a_stable_distinct_hash():
     assert image_seed(0, 5) == image_seed(0, 5)
+    # the same from one version to the next, or resumed logs would mix two noise streams
+    assert image_seed(11, 6) == IMAGE_SEED_11_6
     seeds = {image_seed(base, idx) for base in range(3) for idx in range(100)}
     assert len(seeds) == 300 and all(0 <= s < 2**64 for s in seeds)
     with pytest.raises(ValueError, match="non-negative"):
@@ -195,13 +213,14 @@ def test_shard_indices_split_the_selection():
     assert sorted(i for shard in shards for i in shard) == shard_indices(101, 3, 30)
     assert {len(s) for s in shards} == {7, 8}
     for kwargs, match in [
-        ({"skip": 0}, "skip"),
-        ({"max_images": 0}, "max_images"),
+        ({"num_images": 0}, "^num_images must be a positive integer, got 0$"),
+        ({"skip": 0}, "^skip must be a positive integer, got 0$"),
+        ({"max_images": 0}, "^max_images must be a positive integer, got 0$"),
         ({"shard_index": 4, "num_shards": 4}, "shard_index"),
-        ({"num_shards": 0}, "num_shards"),
+        ({"num_shards": 0}, "^num_shards must be a positive integer, got 0$"),
     ]:
         with pytest.raises(ValueError, match=match):
-            shard_indices(10, **kwargs)
+            shard_indices(**{"num_images": 10, **kwargs})
 
 
 def test_sequential_rows_are_the_pooled_certificates_of_their_images(smooth, dataset, tmp_path):
@@ -267,8 +286,8 @@ def test_images_of_other_logs_are_skipped(smooth, dataset, tmp_path):
 
 # --- the fingerprint: a log is resumed only by a run that would write its rows ------------------
 
-MODEL = {"config": {"depth": 1}, "weights": LinearModel(16, 3).state_dict()}
-DATA = {"images": torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(0)), "spec": {}}
+MODEL = {"config": {"depth": 1}, "weights": {"fc.weight": torch.linspace(-1, 1, 48).view(3, 16)}}
+DATA = {"images": torch.linspace(0, 1, 80).view(5, 1, 4, 4), "spec": {}}
 
 
 def _changed(tree: dict, key: str, value) -> dict:
@@ -277,7 +296,7 @@ def _changed(tree: dict, key: str, value) -> dict:
 
 def _other_weights() -> dict:
     weights = {k: v.clone() for k, v in MODEL["weights"].items()}
-    weights["fc.bias"][0] += 1e-6  # a single value, slightly
+    weights["fc.weight"][0, 0] += 1e-6  # a single value, slightly
     return _changed(MODEL, "weights", weights)
 
 
@@ -380,3 +399,21 @@ def test_a_run_resumes_only_the_log_of_its_fingerprint(smooth, dataset, tmp_path
     assert read_log(log_path(FIXED))["idx"].tolist() == [0, 1]
     log = run(smooth, dataset, range(4), log_path(dataclasses.replace(FIXED, batch_size=7)))
     assert log["idx"].tolist() == [0, 1, 2, 3] and len(list(tmp_path.glob("*.tsv"))) == 2
+
+
+def test_the_fingerprint_is_the_same_from_one_version_to_the_next(smooth):
+    """A new fingerprint for the same settings orphans every log certified so far; when the rows
+    change, rename ``NOISE_LAYOUT`` or ``SEQUENTIAL_TEST`` instead."""
+    assert fingerprint(FIXED, smooth, MODEL, DATA) == FIXED_FINGERPRINT
+    assert fingerprint(SEQUENTIAL, smooth, MODEL, DATA) == SEQUENTIAL_FINGERPRINT
+    # the device of a model without parameters is the CPU
+    no_parameters = Smooth(ConstantModel(3, 0), 3, SIGMA)
+    assert fingerprint(FIXED, no_parameters, MODEL, DATA) == FIXED_FINGERPRINT
+    with pytest.raises(TypeError, match="JSON values and tensors"):
+        fingerprint(FIXED, smooth, MODEL, {"images": object()})
+
+
+def test_a_model_without_parameters_certifies_on_the_cpu(dataset, tmp_path):
+    smooth = Smooth(ConstantModel(3, 1), 3, SIGMA)
+    log = run(smooth, dataset, [0, 1], tmp_path / "log.tsv")
+    assert log["predict"].tolist() == [1, 1] and (log["nA"] == N).all()
