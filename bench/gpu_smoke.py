@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dmae_pipeline.models import build_classifier, build_dmae, encoder_config, load_init, seeded
-from dmae_pipeline.smoothing import Smooth
+from dmae_pipeline.smoothing import Smooth, certify_many
 from dmae_pipeline.training import (
     TrainConfig,
     accuracy_evaluator,
@@ -137,7 +137,7 @@ def main() -> None:
                   enumerate(test)]  # fmt: skip
         fixed = [smooth.certify_detailed(x, 100, 2_000, 0.001, 500, g) for _, x, g in images]
         images = [(i, x, torch.Generator(device).manual_seed(i)) for i, x, _ in images]
-        sequential = dict(smooth.certify_many(images, 100, 20_000, 0.001, 500, [0.25, 0.5]))
+        sequential = dict(certify_many(smooth, images, 100, 20_000, 0.001, 500, [0.25, 0.5]))
         correct = [c.prediction == int(test[i][1]) for i, c in enumerate(fixed)]
         assert any(correct), "no test image was certified correctly"
         drawn = [sequential[i].n for i in range(len(test))]

@@ -5,7 +5,7 @@
    1 (1 - p log-uniform in [1e-7, 1e-4]), 20% across the radius thresholds (Phi^-1(p) uniform in
    [0, 3.5], i.e. a true radius uniform in [0, 3.5 sigma]) and 15% below 1/2 (p uniform in
    [0.05, 0.5]: the other class wins). Counts are drawn as binomials per look, so thousands of
-   images take seconds; the same is then run through ``Smooth.certify_many`` on a subset with a
+   images take seconds; the same is then run through ``certify_many`` on a subset with a
    model whose forward is a comparison, to exercise the pooled code path end to end. Prints mean
    and median estimation samples per image (goal: mean at most n_max / 10) and certified accuracy
    at each radius, sequential against fixed-n Clopper-Pearson at n = n_max (goal: within 0.5
@@ -40,7 +40,7 @@ from bench_certify import small_vit, tiny_cnn
 from dmae_pipeline.data import SplitDataset, build_transform
 from dmae_pipeline.io import safe_torch_load
 from dmae_pipeline.models import load_classifier
-from dmae_pipeline.smoothing import SequentialTest, Smooth, lower_confidence_bound
+from dmae_pipeline.smoothing import SequentialTest, Smooth, certify_many, lower_confidence_bound
 
 SIGMA, ALPHA, N0, N_MAX = 0.25, 0.001, 100, 100_000
 RADII = (0.25, 0.5, 0.75, 1.0)
@@ -117,7 +117,7 @@ def synthetic(images: int, pooled_images: int, seed: int) -> None:
     ):
         print(f"  {name}: {part.mean():.0%} of images, mean samples {n[part].mean():,.0f}")
 
-    # the same through Smooth.certify_many
+    # the same through certify_many
     p_label = p_label[:pooled_images]
     smooth = Smooth(Threshold(), 2, SIGMA)
     items = (
@@ -125,16 +125,14 @@ def synthetic(images: int, pooled_images: int, seed: int) -> None:
         for i, p in enumerate(p_label)
     )
     start = time.perf_counter()
-    certs = dict(smooth.certify_many(items, N0, N_MAX, ALPHA, 10_000, RADII))
+    certs = dict(certify_many(smooth, items, N0, N_MAX, ALPHA, 10_000, RADII))
     seconds = time.perf_counter() - start
     certs = [certs[i] for i in range(len(p_label))]
     n = np.array([c.n for c in certs])
     c_hat = np.array([c.c_hat for c in certs])
     lower = np.array([c.p_a_lower for c in certs])
     _, n_simulated, _, fixed = simulate(p_label, test, rng)
-    print_comparison(
-        f"synthetic, Smooth.certify_many ({seconds:.1f} s)", n, c_hat, lower, fixed, N_MAX
-    )
+    print_comparison(f"synthetic, certify_many ({seconds:.1f} s)", n, c_hat, lower, fixed, N_MAX)
     print(f"  (binomial draws on the same images: mean samples {n_simulated.mean():,.0f})")
 
 
@@ -161,7 +159,7 @@ def compare_on_model(
 
     start = time.perf_counter()
     items = ((i, image, generator(i)) for i, (image, _) in enumerate(dataset))
-    pooled = dict(smooth.certify_many(items, n0, n_max, alpha, batch_size, radii))
+    pooled = dict(certify_many(smooth, items, n0, n_max, alpha, batch_size, radii))
     pooled_seconds = time.perf_counter() - start
     pooled = [pooled[i] for i in range(len(dataset))]
     start = time.perf_counter()

@@ -151,7 +151,7 @@ BAD = [
     ("certify", "alpha", 1.0, "certify.alpha: Input should be less than 1, got 1.0"),
     ("certify", "shard_index", 3, "certify.shard_index: expected below num_shards (1), got 3"),
     ("certify", "device", "gpu", "certify.device: String should match pattern"),
-    ("certify", "autocast", "fp8", "certify.autocast: Input should be 'auto', 'bf16', 'fp16'"),
+    ("certify", "amp", "fp8", "certify.amp: Input should be 'auto', 'bf16', 'fp16'"),
     ("certify", "nn", 5, "certify.nn: unknown key; allowed here: n0, n, alpha"),
     ("certify", "log_dir", DELETE, "certify.log_dir: Field required"),
     ("finetune", "train.blr", -1.0, "finetune.train.blr: Input should be greater than 0, got -1.0"),

@@ -388,7 +388,8 @@ class FinetuneParams(StageParams):
 
 class CertifyParams(Params):
     """``certify``: Cohen et al.'s CERTIFY of the selected test images (``smoothing``): fixed-n, or
-    sequential with ``n`` as n_max, settling the certificates at ``report.radii``."""
+    sequential with at most ``n`` estimation samples, settling the certificates at
+    ``report.radii``; ``amp`` is the model's autocast precision, as ``train.amp``."""
 
     block: ClassVar[str] = "certify"
     n0: PositiveInt
@@ -404,7 +405,7 @@ class CertifyParams(Params):
     seed: NonNegativeInt = 0
     log_dir: Annotated[str, Field(min_length=1)]
     device: Device = "auto"
-    autocast: Amp = "auto"
+    amp: Amp = "auto"
     compile: bool = False
 
     @model_validator(mode="after")
@@ -592,7 +593,7 @@ def check_run(
     """Refuse, with every problem at once, what no single block can see.
 
     :param parameters: every block of the run's config (models for the blocks Kedro validated)
-    :param used: the blocks the run's nodes read
+    :param used: the blocks the run's nodes read, whole or in part
     :param data: ``{"split_sizes": {"train", "val", "test"}, "num_classes"}`` of the data the run
                  trains on, as far as known before it starts (None: unknown)
     :param world_size: the number of processes of the launch (torchrun's WORLD_SIZE)
@@ -603,7 +604,8 @@ def check_run(
         if name not in BLOCKS
     ]
     if not problems:
-        blocks = {name: parameters[name] for name in used}
+        # Kedro validates the blocks nodes read whole; this, those read in part (finetune.sigmas)
+        blocks = {name: BLOCKS[name].model_validate(parameters[name]) for name in used}
         problems = list(_combinations(blocks, data or {}, world_size))
     if problems:
         raise ParamsError("Parameter validation failed:\n- " + "\n- ".join(problems))

@@ -19,7 +19,7 @@ from test_report import artifact_paths, check_report_outputs, mlflow_run
 from conftest import env_parameters, run_kedro
 from dmae_pipeline.io import atomic_torch_save, safe_torch_load
 from dmae_pipeline.models import build_classifier
-from dmae_pipeline.params import DataPrepParams
+from dmae_pipeline.params import DataPrepParams, ParamsError
 from dmae_pipeline.pipelines.data_prep.nodes import prepare_dataset
 from dmae_pipeline.smoothing import (
     LOG_COLUMNS,
@@ -170,6 +170,8 @@ def test_certify_then_report(project, mode):
     assert artifact_paths(client, run.info.run_id, "certification") == {
         "certification/certification_results.csv"
     }
+    # certify reads finetune.sigmas alone, so the run tracks no other finetune parameter
+    assert [key for key in run.data.params if key.startswith("finetune.")] == ["finetune.sigmas"]
 
 
 @pytest.mark.parametrize("mode", ["sequential", "fixed"])
@@ -284,6 +286,9 @@ def test_bad_inputs_stop_before_any_work(project):
         run_kedro(
             project, "certify", "test", params=certify_params(mode="fixed", stop_at_selection=True)
         )
+    # finetune.sigmas, which certify alone reads here, is checked as the finetune block's
+    with pytest.raises(ParamsError, match=r"finetune\.sigmas: expected distinct noise levels"):
+        run_kedro(project, "certify", "test", params={"finetune": {"sigmas": [0.25, 0.25]}})
     checkpoint = safe_torch_load(project / "data/06_models/finetune/sigma_0.50.pt")
     checkpoint["config"]["num_classes"] = 7
     atomic_torch_save(checkpoint, project / "data/06_models/finetune/sigma_0.50.pt")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from dmae_pipeline.smoothing import CompiledClassifier, Smooth
+from dmae_pipeline.smoothing import CompiledClassifier, Smooth, certify_many
 
 from .toys import GroupMaxModel, Recorder
 
@@ -28,7 +28,7 @@ def fixed_and_sequential(model: nn.Module) -> list:
         for i in range(3)
     ]
     items = [(i, X + 0.1 * i, torch.Generator().manual_seed(i)) for i in range(6)]
-    pooled = dict(smooth.certify_many(items, 16, 2000, 0.01, 64, [0.0, 0.1, 0.2]))
+    pooled = dict(certify_many(smooth, items, 16, 2000, 0.01, 64, [0.0, 0.1, 0.2]))
     return [fixed, pooled]
 
 

@@ -1,29 +1,25 @@
-import multiprocessing
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
-from scipy.stats import norm
 
-from dmae_pipeline.io import LockedError, exclusive_lock
 from dmae_pipeline.smoothing import (
     LOG_COLUMNS,
+    CertifySettings,
     IncompleteCertificationError,
     Smooth,
     certify_dataset,
-    image_seed,
-    log_files,
-    lower_confidence_bound,
     merge_logs,
     merge_shard_logs,
     read_log,
     shard_indices,
 )
-from dmae_pipeline.smoothing.log import lock_path
 
 from .toys import LinearModel
 
-N0, N, ALPHA, BATCH, SEED, SIGMA = 16, 64, 0.05, 24, 11, 0.25
+FIXED = CertifySettings(n0=16, n=64, alpha=0.05, batch_size=24, seed=11)
+SEQUENTIAL = dataclasses.replace(FIXED, n=2000, radii=(0.0, 0.1, 0.2))
 
 
 @pytest.fixture
@@ -36,13 +32,15 @@ def dataset():
 
 @pytest.fixture
 def smooth():
-    return Smooth(LinearModel(16, 3), 3, sigma=SIGMA)
+    return Smooth(LinearModel(16, 3), 3, sigma=0.25)
 
 
 def run(smooth, dataset, indices, path):
-    return certify_dataset(
-        smooth, dataset, indices, N0, N, ALPHA, BATCH, path, SEED, progress=False
-    )
+    return certify_dataset(smooth, dataset, indices, FIXED, path, progress=False)
+
+
+def run_sequential(smooth, dataset, indices, path):
+    return certify_dataset(smooth, dataset, indices, SEQUENTIAL, path, progress=False)
 
 
 def without_time(path) -> list[list[str]]:
@@ -55,50 +53,6 @@ def assert_same_certificates(log, other):
     for column in log:
         if column != "time":
             np.testing.assert_array_equal(log[column], other[column], err_msg=column)
-
-
-def test_rows_are_certificates_of_their_images(smooth, dataset, tmp_path):
-    log = run(smooth, dataset, range(10), tmp_path / "log.tsv")
-    assert tuple(log) == LOG_COLUMNS
-    assert (tmp_path / "log.tsv").read_text().splitlines()[0].split("\t") == list(LOG_COLUMNS)
-    assert log["idx"].tolist() == list(range(10))
-    labels = [int(label) for _, label in dataset]
-    assert log["label"].tolist() == labels
-    assert (log["correct"] == (log["predict"] == log["label"])).all()
-    assert (log["n"] == N).all() and (log["time"] >= 0).all()
-    np.testing.assert_array_equal(log["pA_lower"], lower_confidence_bound(log["nA"], N, ALPHA))
-    certified = log["predict"] != -1
-    assert 0 < certified.sum() < 10, "the fixture should mix certified and abstained images"
-    assert (log["pA_lower"][certified] >= 0.5).all() and (log["radius"][~certified] == 0).all()
-    np.testing.assert_allclose(
-        log["radius"][certified], SIGMA * norm.ppf(log["pA_lower"][certified]), rtol=1e-15
-    )
-    # each row is the certificate made with the image's own seeded generator
-    image, _ = dataset[6]
-    generator = torch.Generator().manual_seed(image_seed(SEED, 6))
-    cert = smooth.certify_detailed(image, N0, N, ALPHA, BATCH, generator)
-    assert [log[c][6] for c in ("predict", "radius", "nA", "pA_lower")] == [
-        cert.prediction,
-        cert.radius,
-        cert.n_a,
-        cert.p_a_lower,
-    ]
-
-
-def test_resume_after_a_kill_gives_the_uninterrupted_file(smooth, dataset, tmp_path):
-    uninterrupted = tmp_path / "uninterrupted.tsv"
-    run(smooth, dataset, range(10), uninterrupted)
-    resumed = tmp_path / "resumed.tsv"
-    run(smooth, dataset, [0, 1, 2, 3], resumed)
-    with open(resumed, "a") as f:  # killed while writing the row of image 4
-        f.write("4\t2\t-1\t0.0")
-    log = run(smooth, dataset, range(10), resumed)
-    assert without_time(resumed) == without_time(uninterrupted)
-    assert_same_certificates(log, read_log(uninterrupted))
-    # a finished log is left as it is
-    before = resumed.read_text()
-    run(smooth, dataset, range(10), resumed)
-    assert resumed.read_text() == before
 
 
 def test_merged_shards_equal_the_unsharded_run(smooth, dataset, tmp_path):
@@ -123,6 +77,9 @@ def test_repeated_rows_are_kept_once_and_conflicting_ones_refused(smooth, datase
     run(smooth, dataset, [1, 2, 3], second)
     merged = merge_logs([first, second, first])
     assert merged["idx"].tolist() == [0, 1, 2, 3]
+    # a repeated row is kept as the first log given has it
+    np.testing.assert_array_equal(merged["time"][:3], read_log(first)["time"])
+    assert merge_logs([second, first])["time"][1] == read_log(second)["time"][0]
     assert_same_certificates(
         {c: merged[c][1:3] for c in merged}, {c: v[1:] for c, v in read_log(first).items()}
     )
@@ -132,68 +89,11 @@ def test_repeated_rows_are_kept_once_and_conflicting_ones_refused(smooth, datase
     second.write_text("\n".join([lines[0], "\t".join(fields), *lines[2:]]) + "\n")
     with pytest.raises(ValueError, match="disagree about image idx 1"):
         merge_logs([first, second])
-
-
-def _hold_lock(path, ready, release):
-    with exclusive_lock(path, "the test log"):
-        ready.set()
-        release.wait(30)
-
-
-def test_a_second_writer_stops_at_once_while_the_first_holds_the_log(smooth, dataset, tmp_path):
-    log = tmp_path / "log.tsv"
-    context = multiprocessing.get_context("spawn")
-    ready, release = context.Event(), context.Event()
-    holder = context.Process(target=_hold_lock, args=(lock_path(log), ready, release))
-    holder.start()
-    try:
-        assert ready.wait(60)
-        expected = rf"pid {holder.pid}\) is using the certification log"
-        with pytest.raises(LockedError, match=expected):
-            run(smooth, dataset, [0], log)
-        assert not log.exists()
-    finally:
-        release.set()
-        holder.join(30)
-    assert run(smooth, dataset, [0], log)["idx"].tolist() == [0]
-
-
-def test_a_killed_writer_leaves_no_lock_behind(tmp_path):
-    context = multiprocessing.get_context("spawn")
-    ready, release = context.Event(), context.Event()
-    holder = context.Process(target=_hold_lock, args=(tmp_path / ".x.lock", ready, release))
-    holder.start()
-    assert ready.wait(60)
-    holder.kill()
-    holder.join(30)
-    with exclusive_lock(tmp_path / ".x.lock", "x"):
-        pass
-
-
-def test_refuses_a_log_of_other_settings_or_format(smooth, dataset, tmp_path):
-    path = tmp_path / "log.tsv"
-    run(smooth, dataset, [0, 1], path)
-    with pytest.raises(ValueError, match="n=\\[64\\], not n=65"):
-        certify_dataset(smooth, dataset, [2], N0, N + 1, ALPHA, BATCH, path, SEED, progress=False)
-    with pytest.raises(ValueError, match=r"another alpha than 0\.01"):
-        certify_dataset(smooth, dataset, [2], N0, N, 0.01, BATCH, path, SEED, progress=False)
-    other_sigma = Smooth(smooth.model, 3, sigma=0.5)
-    with pytest.raises(ValueError, match=r"another sigma than 0\.5"):
-        certify_dataset(other_sigma, dataset, [2], N0, N, ALPHA, BATCH, path, SEED, progress=False)
-    assert read_log(path)["idx"].tolist() == [0, 1]
-    other = tmp_path / "other.tsv"
-    other.write_text("a\tb\n1\t2\n")
-    with pytest.raises(ValueError, match="not a certification log"):
-        run(smooth, dataset, [0], other)
-    with pytest.raises(FileNotFoundError, match=r"missing\.tsv"):
-        read_log(tmp_path / "missing.tsv")
-    with pytest.raises(ValueError, match="outside the dataset"):
-        run(smooth, dataset, [10], tmp_path / "new.tsv")
-    with pytest.raises(ValueError, match="repeat"):
-        run(smooth, dataset, [1, 1], tmp_path / "new.tsv")
-    with pytest.raises(ValueError, match="base_seed"):
-        certify_dataset(smooth, dataset, [0], N0, N, ALPHA, BATCH, tmp_path / "new.tsv", -1)
-    assert not (tmp_path / "new.tsv").exists()
+    fields = lines[2].split("\t")
+    fields[6] = str(int(fields[6]) - 1)  # image 2's nA, changed
+    second.write_text("\n".join([lines[0], lines[1], "\t".join(fields), *lines[3:]]) + "\n")
+    with pytest.raises(ValueError, match="disagree about image idx 2"):
+        merge_logs([first, second])
 
 
 def test_reads_a_cohen_log(tmp_path):
@@ -205,139 +105,7 @@ def test_reads_a_cohen_log(tmp_path):
     )
     log = read_log(path)
     assert log["radius"].tolist() == [0.512, 0.0] and log["correct"].tolist() == [1, 0]
-
-
-def test_image_seed_is_a_stable_distinct_hash():
-    assert image_seed(0, 5) == image_seed(0, 5)
-    seeds = {image_seed(base, idx) for base in range(3) for idx in range(100)}
-    assert len(seeds) == 300 and all(0 <= s < 2**64 for s in seeds)
-    with pytest.raises(ValueError, match="non-negative"):
-        image_seed(0, -1)
-
-
-def test_shard_indices_split_the_selection():
-    assert shard_indices(10) == list(range(10))
-    assert shard_indices(50_000, skip=50)[-1] == 49_950
-    assert shard_indices(100, skip=7, max_images=5) == [0, 7, 14, 21, 28]
-    shards = [shard_indices(101, 3, 30, i, 4) for i in range(4)]
-    assert sorted(i for shard in shards for i in shard) == shard_indices(101, 3, 30)
-    assert {len(s) for s in shards} == {7, 8}
-    for kwargs, match in [
-        ({"skip": 0}, "skip"),
-        ({"max_images": 0}, "max_images"),
-        ({"shard_index": 4, "num_shards": 4}, "shard_index"),
-        ({"num_shards": 0}, "num_shards"),
-    ]:
-        with pytest.raises(ValueError, match=match):
-            shard_indices(10, **kwargs)
-
-
-RADII = (0.0, 0.1, 0.2)
-
-
-def run_sequential(smooth, dataset, indices, path, **kwargs):
-    return certify_dataset(
-        smooth, dataset, indices, N0, 2000, ALPHA, BATCH, path, SEED, radii=RADII,
-        progress=False, **kwargs,
-    )  # fmt: skip
-
-
-def sorted_rows(path) -> list[list[str]]:
-    """A log's rows without time, sorted by idx (sequential rows come in the order they finish)."""
-    return sorted(without_time(path)[1:], key=lambda row: int(row[0]))
-
-
-def test_sequential_rows_are_the_pooled_certificates_of_their_images(smooth, dataset, tmp_path):
-    log = run_sequential(smooth, dataset, range(10), tmp_path / "log.tsv")
-    assert tuple(log) == LOG_COLUMNS and sorted(log["idx"].tolist()) == list(range(10))
-    assert (log["estimation"] == "sequential").all() and (log["n_max"] == 2000).all()
-    items = [
-        (idx, image, torch.Generator().manual_seed(image_seed(SEED, idx)))
-        for idx, (image, _) in enumerate(dataset)
-    ]
-    certificates = dict(smooth.certify_many(items, N0, 2000, ALPHA, BATCH, RADII))
-    for row in zip(*(log[c] for c in LOG_COLUMNS), strict=True):
-        cert = certificates[int(row[0])]
-        assert [row[2], row[3], row[6], row[7], row[8]] == [
-            cert.prediction, cert.radius, cert.n_a, cert.n, cert.p_a_lower,
-        ]  # fmt: skip
-    assert len(set(log["n"].tolist())) > 1  # images stop at different looks
-    assert (log["correct"] == (log["predict"] == log["label"])).all()
-
-
-def test_a_sequential_log_resumes_exactly(smooth, dataset, tmp_path):
-    uninterrupted = tmp_path / "uninterrupted.tsv"
-    run_sequential(smooth, dataset, range(10), uninterrupted)
-    resumed = tmp_path / "resumed.tsv"
-    run_sequential(smooth, dataset, [7, 2, 5], resumed)
-    with open(resumed, "a") as f:  # killed while writing a row
-        f.write("4\t2\t-1\t0.0")
-    run_sequential(smooth, dataset, range(10), resumed)
-    assert sorted_rows(resumed) == sorted_rows(uninterrupted)
-    assert without_time(resumed)[0] == list(LOG_COLUMNS[:5] + LOG_COLUMNS[6:])
-    before = resumed.read_text()
-    run_sequential(smooth, dataset, range(10), resumed)
-    assert resumed.read_text() == before
-
-
-def test_stop_at_selection_skips_images_whose_selection_misses_the_label(smooth, dataset, tmp_path):
-    log = run_sequential(smooth, dataset, range(10), tmp_path / "log.tsv", stop_at_selection=True)
-    labels = {idx: int(label) for idx, (_, label) in enumerate(dataset)}
-    items = [
-        (idx, image, torch.Generator().manual_seed(image_seed(SEED, idx)), labels[idx])
-        for idx, (image, _) in enumerate(dataset)
-    ]
-    certificates = dict(smooth.certify_many(items, N0, 2000, ALPHA, BATCH, RADII))
-    missed = {idx for idx, cert in certificates.items() if cert.c_hat != labels[idx]}
-    assert 0 < len(missed) < 10, "the fixture should mix hits and misses of selection"
-    skipped = log["estimation"] == "skipped"
-    assert set(log["idx"][skipped].tolist()) == missed
-    assert (log["n"][skipped] == 0).all() and (log["predict"][skipped] == -1).all()
-    assert (log["correct"][skipped] == 0).all() and (log["n"][~skipped] > 0).all()
-    with pytest.raises(ValueError, match="sequential CERTIFY only"):
-        certify_dataset(
-            smooth, dataset, [0], N0, N, ALPHA, BATCH, tmp_path / "new.tsv", SEED,
-            stop_at_selection=True,
-        )  # fmt: skip
-
-
-def test_refuses_a_log_of_another_estimation_or_sequential_test(smooth, dataset, tmp_path):
-    fixed, sequential = tmp_path / "fixed.tsv", tmp_path / "sequential.tsv"
-    run(smooth, dataset, [0, 1], fixed)
-    run_sequential(smooth, dataset, [0, 1, 2, 3], sequential, stop_at_selection=True)
-    assert "skipped" in read_log(sequential)["estimation"]
-    with pytest.raises(ValueError, match="holds rows of fixed estimation, but this run writes"):
-        run_sequential(smooth, dataset, [2], fixed)
-    with pytest.raises(
-        ValueError,
-        match="holds rows of sequential and skipped estimation, but this run writes fixed",
-    ):
-        run(smooth, dataset, [4], sequential)
-    with pytest.raises(ValueError, match="rows of skipped estimation, but this run writes sequen"):
-        run_sequential(smooth, dataset, [4], sequential)
-    with pytest.raises(ValueError, match=r"another alpha or radii than 0\.05 and \[0\.0, 0\.1\]"):
-        certify_dataset(
-            smooth, dataset, [4], N0, 2000, ALPHA, BATCH, sequential, SEED, radii=(0.0, 0.1),
-            stop_at_selection=True,
-        )  # fmt: skip
-    with pytest.raises(ValueError, match=r"n=\[2000\], not n=3000"):
-        certify_dataset(
-            smooth, dataset, [4], N0, 3000, ALPHA, BATCH, sequential, SEED, radii=RADII,
-            stop_at_selection=True,
-        )  # fmt: skip
-    assert len(read_log(sequential)["idx"]) == 4
-
-
-def test_images_of_other_logs_are_skipped(smooth, dataset, tmp_path):
-    """Logs of the same settings split some other way (other processes, another shard count)."""
-    first, second = tmp_path / "a-shard_0_of_2.tsv", tmp_path / "a-shard_1_of_2.tsv"
-    run_sequential(smooth, dataset, [0, 2, 4], first)
-    run_sequential(smooth, dataset, [1, 3], second)
-    third = tmp_path / "a-shard_0_of_1.tsv"
-    log = run_sequential(smooth, dataset, range(6), third, others=log_files(tmp_path / "a-"))
-    assert log["idx"].tolist() == [5]
-    assert log_files(tmp_path / "a-") == [third, first, second]
-    assert log_files(tmp_path / "b-") == []
+    assert log["time"].tolist() == ["0:00:01.503211", "0:00:01.498100"]
 
 
 def test_merged_shard_logs_hold_every_image_of_the_shards(smooth, dataset, tmp_path):
@@ -359,3 +127,43 @@ def test_merged_shard_logs_hold_every_image_of_the_shards(smooth, dataset, tmp_p
     run(smooth, dataset, [1], fixed)
     with pytest.raises(ValueError, match="mix fixed and sequential estimation"):
         merge_logs([parts[0], fixed])
+    longer = tmp_path / "longer.tsv"
+    certify_dataset(smooth, dataset, [2], dataclasses.replace(FIXED, n=65), longer, progress=False)
+    with pytest.raises(ValueError, match=r"mix n=\[64, 65\]"):
+        merge_logs([fixed, longer])
+
+
+def test_an_empty_log_has_the_columns_types(smooth, dataset, tmp_path):
+    path = tmp_path / "log.tsv"
+    path.touch()  # an empty file, as a process killed before the header leaves it
+    assert run(smooth, dataset, [], path)["idx"].tolist() == []
+    assert path.read_text() == "\t".join(LOG_COLUMNS) + "\n"
+    for log in (read_log(path), merge_shard_logs([], [[]])):
+        kinds = {column: values.dtype.kind for column, values in log.items()}
+        assert kinds == {**dict.fromkeys(LOG_COLUMNS, "i"), "radius": "f", "time": "f",
+                         "pA_lower": "f", "estimation": "U"}  # fmt: skip
+
+
+def test_refuses_a_file_of_another_format(smooth, dataset, tmp_path):
+    other = tmp_path / "other.tsv"
+    other.write_text("a\tb\n1\t2\n")
+    with pytest.raises(ValueError, match=r"other\.tsv is not a certification log"):
+        run(smooth, dataset, [0], other)
+    with pytest.raises(FileNotFoundError, match=r"missing\.tsv"):
+        read_log(tmp_path / "missing.tsv")
+    cohen = tmp_path / "cohen.tsv"
+    cohen.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t3\t3\t0.5\t1\t0:00:01\n")
+    with pytest.raises(ValueError, match=r"cohen\.tsv has columns \['idx', .*'time'\], expected"):
+        run(smooth, dataset, [0], cohen)
+    with pytest.raises(ValueError, match=r"cohen\.tsv has columns"):
+        merge_logs([cohen])
+    assert read_log(cohen)["idx"].tolist() == [0]
+    log = tmp_path / "log.tsv"
+    run(smooth, dataset, [0, 1], log)
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0], lines[1] + "\t1", lines[2]]) + "\n")
+    with pytest.raises(ValueError, match=r"log\.tsv line 2 has 12 fields, not 11"):
+        read_log(log)
+    log.write_text("\n".join([lines[0], lines[1].replace("\t", "\tx", 1), lines[2]]) + "\n")
+    with pytest.raises(ValueError, match=r"log\.tsv has a malformed row"):
+        read_log(log)

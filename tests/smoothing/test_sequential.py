@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.stats import binomtest, norm
 
-from dmae_pipeline.smoothing import SequentialTest, Smooth, core
+from dmae_pipeline.smoothing import SequentialTest, Smooth, certify_many, core, many
 from dmae_pipeline.smoothing.sequential import FIRST_LOOK, LOOK_RATIO
 
 from .toys import BernoulliModel, CategoricalModel, ConstantModel, GroupMaxModel, Recorder
@@ -93,9 +93,9 @@ def test_settled_stops_when_every_radius_is_proven_disproven_or_out_of_reach():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"n_max": 0}, "n_max"),
-        ({"n_max": True}, "n_max"),
-        ({"n_max": 1000.5}, "n_max"),
+        ({"n_max": 0}, "^n_max must be a positive integer, got 0$"),
+        ({"n_max": True}, "^n_max must be a positive integer, got True$"),
+        ({"n_max": 1000.5}, r"^n_max must be a positive integer, got 1000\.5$"),
         ({"radii": [None]}, "radii"),
         ({"radii": []}, "radii"),
         ({"radii": [-0.5]}, "radii"),
@@ -125,12 +125,12 @@ def test_sequential_certificates_overclaim_at_most_alpha_of_the_time(
     """pA = 0.9 and a radius just above sigma * Phi^-1(pA): estimation runs through many looks,
     each a chance to over-claim. The union bound keeps false certificates at most alpha; recomputing
     a fixed-n bound at full alpha after every batch does not (about 28% at alpha = 0.1)."""
-    monkeypatch.setattr(core, "SequentialTest", test_class)
+    monkeypatch.setattr(many, "SequentialTest", test_class)
     p_a, alpha, trials = 0.9, 0.1, 1000
     smooth = Smooth(BernoulliModel(p_a, CENTER, SIGMA), 2, SIGMA)
     radii = [SIGMA * norm.ppf(p_a) + 1e-3]
     items = ((i, X1, torch.Generator().manual_seed(i)) for i in range(trials))
-    certs = [cert for _, cert in smooth.certify_many(items, 100, 2000, alpha, 4096, radii)]
+    certs = [cert for _, cert in certify_many(smooth, items, 100, 2000, alpha, 4096, radii)]
     assert len(certs) == trials
     over = sum(c.p_a_lower > (p_a if c.c_hat == 0 else 1 - p_a) for c in certs)
     within = binomtest(over, trials, alpha, alternative="greater").pvalue > 1e-3
@@ -190,7 +190,7 @@ def test_pool_certificates_equal_single_ones_whatever_the_batch_size(labels, mon
     assert len({c.n for c in alone.values()}) > 3  # images stop at different looks
     for batch_size in (1, 64, 700, 5000):
         pooled = list(
-            smooth.certify_many(pool_items(12, labels), 100, 20_000, 0.01, batch_size, RADII)
+            certify_many(smooth, pool_items(12, labels), 100, 20_000, 0.01, batch_size, RADII)
         )
         assert dict(pooled) == alone and len(pooled) == 12
     if labels:  # exactly the inputs whose c_hat is not their label stop at selection
@@ -213,8 +213,26 @@ def test_inputs_stopped_together_never_cost_an_empty_batch():
     model = Recorder(ConstantModel(3, 2))
     smooth = Smooth(model, 3, sigma=SIGMA)
     items = [(i, torch.rand(4), torch.Generator().manual_seed(i), 1 + i) for i in range(2)]
-    certs = dict(smooth.certify_many(items, 10, 100, 0.01, 20, [0.1]))
+    certs = dict(certify_many(smooth, items, 10, 100, 0.01, 20, [0.1]))
     assert certs[0].n == 0 and certs[1].n > 0 and certs[1].prediction == 2
+    assert min(len(batch) for batch in model.inputs) > 0
+
+
+def test_an_input_settled_at_a_look_lets_the_others_at_that_look_go_on():
+    """Two inputs reach a look in one batch: the first settles there (pA near 1 proves the
+    radius), the second (pA at the radius's threshold) draws its next segment at once: no input
+    waits a batch, and the model never sees an empty batch."""
+    model = Recorder(BernoulliModel(P_BASE, CENTER, SIGMA))
+    smooth = Smooth(model, 2, SIGMA)
+    radius = 0.1
+    items = [
+        (i, at(p_a), torch.Generator().manual_seed(i))
+        for i, p_a in enumerate([0.99999, norm.cdf(radius / SIGMA)])
+    ]
+    certs = dict(certify_many(smooth, items, 10, 2000, 0.01, 100, [radius]))
+    first_look = SequentialTest(2000, 0.01, SIGMA, [radius]).looks[0]
+    assert certs[0].n == first_look < certs[1].n and certs[0].radius >= radius
+    assert [len(batch) for batch in model.inputs[:2]] == [20, 2 * first_look]
     assert min(len(batch) for batch in model.inputs) > 0
 
 
@@ -235,7 +253,7 @@ def test_inputs_are_taken_only_as_needed():
             return super().forward(x)
 
     smooth = Smooth(Probe(3, 0), 3, sigma=SIGMA)
-    assert len(list(smooth.certify_many(items(), 20, 100, 0.01, 20, [0.1]))) == 3
+    assert len(list(certify_many(smooth, items(), 20, 100, 0.01, 20, [0.1]))) == 3
     assert taken_at_call[0] == 1
 
 
@@ -269,7 +287,7 @@ def test_pool_feeds_full_batches_of_the_same_samples_as_single_runs(monkeypatch)
     single_samples = model.seen()
     model.inputs.clear()
     model.exhausted, model.after_exhaustion = False, []
-    pooled = dict(smooth.certify_many(items(), 50, 3000, 0.01, 256, [0.1, 0.2]))
+    pooled = dict(certify_many(smooth, items(), 50, 3000, 0.01, 256, [0.1, 0.2]))
     assert pooled == alone
     sizes = [
         len(b) for b, late in zip(model.inputs, model.after_exhaustion, strict=True) if not late
@@ -304,19 +322,24 @@ def test_certify_many_rejects_shared_or_missing_generators_and_mixed_shapes():
     smooth = Smooth(ConstantModel(3, 0), 3, sigma=SIGMA)
     shared = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match="shares its generator"):
-        list(smooth.certify_many([(0, X1, shared), (1, X1, shared)], 10, 100, 0.01, 1000, RADII))
+        list(certify_many(smooth, [(0, X1, shared), (1, X1, shared)], 10, 100, 0.01, 1000, RADII))
     with pytest.raises(ValueError, match="its own generator"):
-        list(smooth.certify_many([(0, X1, None)], 10, 100, 0.01, 1000, RADII))
+        list(certify_many(smooth, [(0, X1, None)], 10, 100, 0.01, 1000, RADII))
     items = [(0, X1, torch.Generator()), (1, torch.rand(2), torch.Generator())]
     with pytest.raises(ValueError, match=r"input 1 is \(2,\)"):
-        list(smooth.certify_many(items, 10, 100, 0.01, 1000, RADII))
+        list(certify_many(smooth, items, 10, 100, 0.01, 1000, RADII))
     with pytest.raises(ValueError, match="radii"):
-        smooth.certify_many([], 10, 100, 0.01, 1000, [])  # checked before any iteration
+        certify_many(smooth, [], 10, 100, 0.01, 1000, [])  # checked before any iteration
+    # checked before any iteration, and named exactly
+    with pytest.raises(ValueError, match=r"^n0 must be a positive integer, got 0$"):
+        certify_many(smooth, [], 0, 100, 0.01, 1000, RADII)
+    with pytest.raises(ValueError, match=r"^batch_size must be a positive integer, got 0$"):
+        certify_many(smooth, [], 10, 100, 0.01, 0, RADII)
 
 
 def test_pool_keeps_noise_float32_under_autocast():
     model = Recorder(GroupMaxModel(5))
     smooth = Smooth(model, 5, sigma=0.5, autocast_dtype=torch.bfloat16)
     items = [(i, torch.rand(3, 5, 5, dtype=torch.float64), torch.Generator()) for i in range(3)]
-    assert len(list(smooth.certify_many(items, 20, 500, 0.01, 64, [0.1]))) == 3
+    assert len(list(certify_many(smooth, items, 20, 500, 0.01, 64, [0.1]))) == 3
     assert {batch.dtype for batch in model.inputs} == {torch.float32} and all(model.autocast)

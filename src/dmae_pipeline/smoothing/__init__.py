@@ -1,9 +1,9 @@
-"""Randomized smoothing (Cohen et al. 2019): PREDICT, CERTIFY, sequential CERTIFY, certification
-logs and certified-accuracy curves."""
+"""Randomized smoothing (Cohen et al. 2019): PREDICT, CERTIFY and sequential CERTIFY, of one input
+or many at once, certification runs and their logs, certified-accuracy curves."""
 
 from dmae_pipeline.smoothing.bounds import lower_confidence_bound
 from dmae_pipeline.smoothing.compiled import CompiledClassifier
-from dmae_pipeline.smoothing.core import NOISE_LAYOUT, Certificate, SequentialItem, Smooth
+from dmae_pipeline.smoothing.core import NOISE_LAYOUT, Certificate, Smooth
 from dmae_pipeline.smoothing.curves import (
     average_certified_radius,
     best_over_sigma,
@@ -12,12 +12,17 @@ from dmae_pipeline.smoothing.curves import (
 from dmae_pipeline.smoothing.log import (
     LOG_COLUMNS,
     IncompleteCertificationError,
-    certify_dataset,
-    image_seed,
     log_files,
     merge_logs,
     merge_shard_logs,
     read_log,
+)
+from dmae_pipeline.smoothing.many import SequentialItem, certify_many
+from dmae_pipeline.smoothing.run import (
+    CertifySettings,
+    certify_dataset,
+    fingerprint,
+    image_seed,
     shard_indices,
 )
 from dmae_pipeline.smoothing.sequential import SEQUENTIAL_TEST, SequentialTest
@@ -27,6 +32,7 @@ __all__ = [
     "NOISE_LAYOUT",
     "SEQUENTIAL_TEST",
     "Certificate",
+    "CertifySettings",
     "CompiledClassifier",
     "IncompleteCertificationError",
     "SequentialItem",
@@ -36,6 +42,8 @@ __all__ = [
     "best_over_sigma",
     "certified_accuracy",
     "certify_dataset",
+    "certify_many",
+    "fingerprint",
     "image_seed",
     "log_files",
     "lower_confidence_bound",

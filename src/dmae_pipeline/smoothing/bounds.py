@@ -1,10 +1,17 @@
-"""Binomial confidence bounds used by CERTIFY."""
+"""Binomial confidence bounds used by CERTIFY, and the checks of their arguments."""
 
 from __future__ import annotations
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import beta
+
+
+def check_positive_int(name: str, value: int) -> int:
+    """``value`` as an int, or a ValueError naming ``name`` if it is not a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def check_alpha(alpha: float) -> float:

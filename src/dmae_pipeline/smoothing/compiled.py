@@ -24,8 +24,7 @@ class CompiledClassifier(nn.Module):
     batch, a warning names the error and the model runs eagerly from then on.
 
     :param model: the base classifier
-    :param batch_sizes: the batch lengths to compile for (the full batch size, and for fixed-n
-                        CERTIFY the selection batch, min(n0, batch_size))
+    :param batch_sizes: the batch lengths to compile for (``CertifySettings.batch_lengths``)
     """
 
     def __init__(self, model: nn.Module, batch_sizes: Iterable[int]):

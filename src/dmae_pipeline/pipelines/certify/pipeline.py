@@ -1,6 +1,6 @@
 """certify: finetuned_models (the models of finetune.sigmas), test_split, dataset_spec,
-params:certify (and the radii of params:report, which sequential mode settles) -> per-image logs
-in certify.log_dir -> certification_results (one table, all sigmas)."""
+params:certify (and report.radii, which sequential mode settles) -> per-image logs in
+certify.log_dir -> certification_results (one table, all sigmas)."""
 
 from kedro.pipeline import Pipeline, node
 
@@ -16,9 +16,9 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "finetuned_models",
                     "test_split",
                     "dataset_spec",
-                    "params:finetune",
+                    "params:finetune.sigmas",
+                    "params:report.radii",
                     "params:certify",
-                    "params:report",
                 ],
                 outputs="certification_logs",
                 name="certify_test_split",
