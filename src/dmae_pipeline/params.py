@@ -431,7 +431,7 @@ class PublishParams(Params):
     max_n: PositiveInt
     max_images: PositiveInt
     device: Device = "auto"
-    autocast: Amp = "auto"
+    amp: Amp = "auto"
 
 
 class ReferencePoint(Params):
