@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from test_certify import model_input, write_model  # noqa: F401 (model_input: a fixture)
 
-from conftest import run_kedro
+from conftest import env_parameters, run_kedro
 from dmae_pipeline.data import SplitDataset, build_transform
 from dmae_pipeline.io import safe_torch_load
 from dmae_pipeline.params import BLOCKS, ParamsError, check_run
@@ -33,6 +33,7 @@ from dmae_pipeline.smoothing import (
     image_seed,
     read_log,
 )
+from serving.tiny import tiny_checkpoint
 
 IMAGES = 5  # test digits per input
 PREDICTIONS = Path("data/07_model_output/predictions.csv")
@@ -172,7 +173,7 @@ def test_bad_inputs_are_refused_naming_the_file_and_what_is_expected(model_input
 def test_a_log_becomes_the_served_models_rows_with_the_files(model_input, tmp_path):  # noqa: F811
     spec, split = digits_test_split(model_input)
     inputs = read_inputs(write_pngs(tmp_path / "pngs", split), spec)
-    classifier = SmoothedClassifier.from_checkpoint(checkpoint(spec, seed=1), spec)
+    classifier = SmoothedClassifier.from_checkpoint(tiny_checkpoint(), spec)
     settings = CertifySettings(n0=10, n=50, alpha=0.01, batch_size=25, seed=3)
     log = certify_dataset(
         classifier.smooth, inputs, [4, 0, 2], settings, tmp_path / "log.tsv", progress=False,
@@ -190,33 +191,19 @@ def test_a_log_becomes_the_served_models_rows_with_the_files(model_input, tmp_pa
     assert len({row["p_a_lower"] for row in table.to_dict("records")}) > 1  # not all alike
 
 
-def checkpoint(spec: dict, seed: int) -> dict:
-    """A tiny finetuned checkpoint for ``spec``, as write_model writes it."""
-    from dmae_pipeline.models import build_classifier
-
-    torch.manual_seed(seed)
-    model = build_classifier(
-        "tiny", spec["num_classes"], img_size=spec["image_size"], patch_size=8,
-        in_chans=spec["channels"], embed_dim=32, depth=1, num_heads=2, mean=spec["mean"],
-        std=spec["std"],
-    )  # fmt: skip
-    with torch.no_grad():
-        model.head.weight.normal_(std=1.0)
-    return {"model": model.state_dict(), "config": model.config, "sigma": 0.25}
-
-
-def test_the_predict_block_is_checked_and_needs_an_input():
+def test_the_predict_block_is_checked_and_a_run_needs_an_input():
     block = BLOCKS["predict"]
-    assert block.model_validate({"log_dir": "logs"}).input is None  # kedro viz reads it so
     with pytest.raises(ParamsError, match=r"predict\.mode: Input should be 'fixed' or"):
         block.model_validate({"log_dir": "logs", "mode": "fast"})
     with pytest.raises(ParamsError, match=r"predict\.radii: expected increasing radii"):
         block.model_validate({"log_dir": "logs", "radii": [0.5, 0.25]})
+    # conf/base names no input: the block validates (kedro viz reads every pipeline's blocks),
+    # and the run checks refuse a run of predict without one, before it starts
+    unnamed = block.model_validate(env_parameters("base")["predict"])
+    assert unnamed.input is None and unnamed.n is None
     with pytest.raises(ParamsError, match=r"predict\.input: expected a folder of PNG/JPEG images"):
-        check_run({"predict": block.model_validate({"log_dir": "logs"})}, {"predict"}, None, 1)
-    check_run(
-        {"predict": block.model_validate({"log_dir": "l", "input": "x"})}, {"predict"}, None, 1
-    )
+        check_run({"predict": unnamed}, {"predict"}, None, 1)
+    check_run({"predict": unnamed.model_copy(update={"input": "x"})}, {"predict"}, None, 1)
 
 
 # --- kedro run --pipelines=predict ------------------------------------------------------------

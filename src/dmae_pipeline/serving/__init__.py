@@ -1,6 +1,7 @@
 """The smoothed classifier as a deployable model: certify images with a finetuned classifier
 (``SmoothedClassifier``), and the same as an MLflow pyfunc model, logged and registered per sigma
-(``log_smoothed_classifier``) and served by ``mlflow models serve`` (torch + MLflow, no Kedro)."""
+(``log_smoothed_classifier``) and served by ``mlflow models serve`` (torch + MLflow, no Kedro);
+the images of a folder or an array file for batch prediction (``batch``)."""
 
 from dmae_pipeline.serving.classifier import (
     COLUMNS,
