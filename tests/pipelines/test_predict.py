@@ -31,6 +31,7 @@ from dmae_pipeline.smoothing import (
     CertifySettings,
     certify_dataset,
     image_seed,
+    merge_shard_logs,
     read_log,
 )
 from serving.tiny import tiny_checkpoint
@@ -189,6 +190,26 @@ def test_a_log_becomes_the_served_models_rows_with_the_files(model_input, tmp_pa
         answer = classifier.certify(split[row["idx"]][0][None], seeded).iloc[0].to_dict()
         assert {k: row[k] for k in COLUMNS} == answer
     assert len({row["p_a_lower"] for row in table.to_dict("records")}) > 1  # not all alike
+
+
+def test_logs_without_labels_merge_as_certification_logs(model_input, tmp_path):  # noqa: F811
+    spec, split = digits_test_split(model_input)
+    inputs = read_inputs(write_npy(tmp_path / "x.npy", split), spec)
+    classifier = SmoothedClassifier.from_checkpoint(tiny_checkpoint(), spec)
+    settings = CertifySettings(n0=10, n=50, alpha=0.01, batch_size=25)
+    paths = [tmp_path / "rank_0.tsv", tmp_path / "rank_1.tsv"]
+    for rank, path in enumerate(paths):
+        certify_dataset(
+            classifier.smooth, inputs, range(rank, IMAGES, 2), settings, path, progress=False,
+            labelled=False,
+        )  # fmt: skip
+    merged = merge_shard_logs(paths, [range(IMAGES)], UNLABELLED_LOG_COLUMNS)
+    assert merged["idx"].tolist() == list(range(IMAGES))
+    with pytest.raises(ValueError, match=r"rank_0\.tsv has columns \['idx', 'predict'"):
+        merge_shard_logs(paths, [range(IMAGES)])  # read as labelled logs
+    with pytest.raises(ValueError, match="stop_at_selection needs labelled images"):
+        sequential = dataclasses.replace(settings, radii=(0.25,), stop_at_selection=True)
+        certify_dataset(classifier.smooth, inputs, [0], sequential, paths[0], labelled=False)
 
 
 def test_the_predict_block_is_checked_and_a_run_needs_an_input():
