@@ -431,7 +431,28 @@ class PublishParams(Params):
     max_n: PositiveInt
     max_images: PositiveInt
     device: Device = "auto"
-    autocast: Amp = "auto"
+    amp: Amp = "auto"
+
+
+class PredictParams(Params):
+    """``predict``: the smoothed classifiers' answers for the images at ``input`` (a folder of
+    PNG/JPEG images or an .npy array; ``serving.batch``) from the models of ``sigmas`` (None: every
+    sigma of ``finetune.sigmas``); each certification setting left None is certify's (and a
+    sequential run's ``radii``, ``report.radii``)."""
+
+    block: ClassVar[str] = "predict"
+    input: Annotated[str, Field(min_length=1)] | None = None
+    sigmas: Annotated[list[PositiveFloat], Field(min_length=1)] | None = None
+    mode: Literal["fixed", "sequential"] | None = None
+    n0: PositiveInt | None = None
+    n: PositiveInt | None = None
+    alpha: OpenUnit | None = None
+    batch_size: PositiveInt | None = None
+    seed: NonNegativeInt | None = None
+    radii: Radii | None = None
+    device: Device | None = None
+    amp: Amp | None = None
+    log_dir: Annotated[str, Field(min_length=1)]
 
 
 class ReferencePoint(Params):
@@ -536,6 +557,7 @@ BLOCKS: dict[str, type[Params]] = {
         CertifyParams,
         ReportParams,
         PublishParams,
+        PredictParams,
         CompareParams,
     )
 }
@@ -641,6 +663,12 @@ def _combinations(
                     f"certify.{key}: {getattr(certify, key)} exceeds publish.max_n "
                     f"({publish.max_n}), so the published models would refuse their own defaults"
                 )
+    predict = blocks.get("predict")
+    if predict is not None and predict.input is None:
+        yield (
+            "predict.input: expected a folder of PNG/JPEG images or an .npy file of images, "
+            "got None; name it: kedro run --pipelines=predict --params=predict.input=PATH"
+        )
     if certify is not None and sizes.get("test"):
         selected = len(range(0, sizes["test"], certify.skip)[: certify.max_images])
         if certify.num_shards > selected:

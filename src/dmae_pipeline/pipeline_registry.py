@@ -1,6 +1,6 @@
 """The pipelines, one per stage, each under a namespace of its name; ``__default__`` chains the
-stages. compare, outside the chain, sets the runs of the compare env against each other once
-they are done."""
+stages. Outside the chain: compare, which sets the runs of the compare env against each other
+once they are done, and predict, which answers for images that the user names."""
 
 from kedro.pipeline import Pipeline
 
@@ -10,6 +10,7 @@ from dmae_pipeline.pipelines import (
     data_prep,
     dmae_training,
     finetune,
+    predict,
     publish,
     report,
 )
@@ -29,4 +30,5 @@ def register_pipelines() -> dict[str, Pipeline]:
         **stages,
         "__default__": sum(stages.values(), Pipeline([])),
         "compare": compare.create_pipeline(),
+        "predict": predict.create_pipeline(),
     }

@@ -20,7 +20,7 @@ import torch
 from dmae_pipeline.serving import log_smoothed_classifier
 from test_end_to_end import free_port
 
-from .tiny import DEFAULTS, LIMITS, SPEC, images, tiny_checkpoint
+from .tiny import DEFAULTS, LIMITS, RADII, SPEC, images, tiny_checkpoint
 
 NAME = "dmae_digits_sigma_0.25"
 BIN = Path(sys.executable).parent
@@ -56,6 +56,7 @@ def registered(tmp_path_factory, empty_mlflow_db) -> SimpleNamespace:
                 DEFAULTS,
                 LIMITS,
                 images(1, seed=99),
+                radii=RADII,
                 name="sigma_0_25",
                 registered_model_name=NAME,
             )

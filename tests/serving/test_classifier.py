@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from dmae_pipeline.models import load_classifier
-from dmae_pipeline.serving import COLUMNS, CertifySettings, SmoothedClassifier
+from dmae_pipeline.serving import COLUMNS, SmoothedClassifier
 from dmae_pipeline.serving.pyfunc import request_settings
-from dmae_pipeline.smoothing import Smooth
+from dmae_pipeline.smoothing import CertifySettings, Smooth
 
-from .tiny import DEFAULTS, LIMITS, SIGMA, SPEC, images, tiny_checkpoint
+from .tiny import DEFAULTS, LIMITS, RADII, SIGMA, SPEC, images, tiny_checkpoint
 
-SEQUENTIAL = dataclasses.replace(DEFAULTS, mode="sequential", n=400)
+SEQUENTIAL = dataclasses.replace(DEFAULTS, radii=RADII, n=400)
 
 
 @pytest.fixture(scope="module")
@@ -147,35 +147,44 @@ def test_float64_images_in_range_are_certified_as_float32(classifier):
 
 
 @pytest.mark.parametrize(
-    "change, message",
+    "params, message",
     [
-        ({"n": 0}, "n: expected a positive integer, got 0"),
-        ({"n0": -1}, "n0: expected a positive integer, got -1"),
-        ({"n": True}, "n: expected a positive integer, got True"),
-        ({"batch_size": 2.0}, "batch_size: expected a positive integer, got 2.0"),
-        ({"alpha": 1.0}, "alpha: expected a number in (0, 1), got 1.0"),
-        ({"alpha": 0}, "alpha: expected a number in (0, 1), got 0"),
+        ({"n": 0}, "n must be a positive integer, got 0"),
+        ({"n0": -1}, "n0 must be a positive integer, got -1"),
+        ({"n": True}, "n must be a positive integer, got True"),
+        ({"alpha": 1.0}, "alpha must be in (0, 1), got 1.0"),
+        ({"alpha": 0}, "alpha must be in (0, 1), got 0"),
         ({"mode": "adaptive"}, "mode: expected 'fixed' or 'sequential', got 'adaptive'"),
-        ({"radii": (0.5, -0.25)}, "radii: expected non-negative numbers, got [0.5, -0.25]"),
-        ({"mode": "sequential", "radii": ()}, "radii: sequential mode needs at least one radius"),
-        ({"seed": -1}, "seed: expected a non-negative integer, got -1"),
-        ({"seed": 2**64}, f"seed: expected at most {2**64 - 1}, got {2**64}"),
+        (
+            {"mode": "sequential", "radii": [0.5, -0.25]},
+            "radii must be a non-empty list of non-negative radii",
+        ),
+        ({"mode": "sequential", "radii": []}, "radii must be a non-empty list"),
+        ({"seed": -1}, "seed must be an integer in [0, 2^64), got -1"),
+        ({"seed": 2**64}, f"seed must be an integer in [0, 2^64), got {2**64}"),
     ],
 )
-def test_bad_settings_are_refused_naming_the_setting(change, message):
+def test_bad_request_parameters_are_refused_naming_the_parameter(params, message):
     with pytest.raises(ValueError) as refused:
-        dataclasses.replace(DEFAULTS, **change)
+        request_settings(DEFAULTS, RADII, params)
     assert str(refused.value).startswith(message)
 
 
 def test_a_request_overrides_the_defaults_it_names():
     given = {"n": 200, "mode": "sequential", "radii": [0.5], "seed": 3, "batch_size": 1}
-    settings = request_settings(DEFAULTS, given)
+    settings = request_settings(DEFAULTS, RADII, given)
     assert settings == CertifySettings(
         n0=DEFAULTS.n0, n=200, alpha=DEFAULTS.alpha, batch_size=DEFAULTS.batch_size,
-        mode="sequential", radii=(0.5,), seed=3,
+        radii=(0.5,), seed=3,
     )  # fmt: skip
-    assert request_settings(DEFAULTS, None) == DEFAULTS
+    assert request_settings(DEFAULTS, RADII, None) == DEFAULTS
+    # sequential without radii settles the model's; fixed drops sequential defaults' radii
+    assert request_settings(DEFAULTS, RADII, {"mode": "sequential"}) == SEQUENTIAL_AT_100
+    assert request_settings(SEQUENTIAL_AT_100, (), {"mode": "fixed"}) == DEFAULTS
+    assert request_settings(SEQUENTIAL_AT_100, RADII, {"n": 400}) == SEQUENTIAL
+
+
+SEQUENTIAL_AT_100 = dataclasses.replace(SEQUENTIAL, n=DEFAULTS.n)
 
 
 @pytest.mark.parametrize(

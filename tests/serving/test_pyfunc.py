@@ -18,7 +18,7 @@ import pytest
 from dmae_pipeline.serving import SmoothedClassifier, log_smoothed_classifier
 
 from .conftest import NAME, bare_env
-from .tiny import DEFAULTS, LIMITS, SIGMA, SPEC, images, tiny_checkpoint
+from .tiny import DEFAULTS, LIMITS, RADII, SIGMA, SPEC, images, tiny_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def test_the_registered_model_loads_elsewhere_without_the_project_and_answers_as
     assert answer["package"].endswith("/artifacts/code/dmae_pipeline/__init__.py")
     assert not answer["kedro"]
     classifier = SmoothedClassifier.from_checkpoint(tiny_checkpoint(), SPEC)
-    sequential = dataclasses.replace(DEFAULTS, n=300, seed=5, mode="sequential")
+    sequential = dataclasses.replace(DEFAULTS, n=300, seed=5, radii=RADII)
     for rows, settings in zip(answer["rows"], [DEFAULTS, sequential], strict=True):
         expected = classifier.certify(x, settings)
         pd.testing.assert_frame_equal(pd.DataFrame(rows), expected, check_exact=True)
@@ -68,9 +68,10 @@ def test_the_model_holds_its_weights_settings_signature_and_example(registered):
     assert client.get_run(registered.run_id).data.params == {}  # the run's own params only
     assert config["sigma"] == SIGMA
     assert config["dataset"] == SPEC
-    assert config["certify"] == {**dataclasses.asdict(DEFAULTS), "radii": list(DEFAULTS.radii)}
+    assert config["certify"] == dataclasses.asdict(DEFAULTS)
+    assert config["radii"] == list(RADII)
     assert config["limits"] == {"max_n": LIMITS.max_n, "max_images": LIMITS.max_images}
-    assert (config["device"], config["autocast"]) == ("auto", "auto")
+    assert (config["device"], config["amp"]) == ("auto", "auto")
     (spec,) = model.signature.inputs.inputs
     assert (spec.type, spec.shape) == (np.dtype("float32"), (-1, 1, 16, 16))
     assert model.signature.outputs.input_names() == [
@@ -79,7 +80,7 @@ def test_the_model_holds_its_weights_settings_signature_and_example(registered):
     defaults = {p.name: p.default for p in model.signature.params.params}
     assert defaults == {
         "n": DEFAULTS.n, "n0": DEFAULTS.n0, "alpha": DEFAULTS.alpha, "mode": "fixed",
-        "radii": list(DEFAULTS.radii), "seed": DEFAULTS.seed,
+        "radii": list(RADII), "seed": DEFAULTS.seed,
     }  # fmt: skip
     example = json.loads(model.get_serving_input(local))
     assert np.array(example["inputs"], dtype=np.float32).shape == (1, 1, 16, 16)

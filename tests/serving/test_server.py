@@ -72,7 +72,7 @@ BAD_REQUESTS = {
         {"inputs": images(LIMITS.max_images + 1).tolist()},
         "9 images exceed this model's limit max_images=8 per request",
     ),
-    "n zero": ({"inputs": images(1).tolist(), "params": {"n": 0}}, "n: expected a positive"),
+    "n zero": ({"inputs": images(1).tolist(), "params": {"n": 0}}, "n must be a positive integer"),
     "unknown mode": (
         {"inputs": images(1).tolist(), "params": {"mode": "fast"}},
         "mode: expected 'fixed' or 'sequential', got 'fast'",
@@ -80,7 +80,7 @@ BAD_REQUESTS = {
     "n not an integer": ({"inputs": images(1).tolist(), "params": {"n": "many"}}, "'n'"),
     "alpha out of range": (
         {"inputs": images(1).tolist(), "params": {"alpha": 1.5}},
-        "alpha: expected a number in (0, 1)",
+        "alpha must be in (0, 1)",
     ),
     "encoded image": ({"inputs": ["iVBORw0KGgo="]}, "could not convert string to float"),
     "no inputs": ({"images": images(1).tolist()}, "inputs"),

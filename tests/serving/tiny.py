@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from dmae_pipeline.models import build_classifier, seeded
-from dmae_pipeline.serving import CertifySettings, Limits
+from dmae_pipeline.serving import Limits
+from dmae_pipeline.smoothing import CertifySettings
 
 SIGMA = 0.25
 SPEC = {
@@ -17,7 +18,8 @@ SPEC = {
     "std": [0.4],
     "class_names": [str(c) for c in range(10)],
 }
-DEFAULTS = CertifySettings(n0=10, n=100, alpha=0.001, batch_size=32, radii=(0.0, 0.25, 0.5))
+DEFAULTS = CertifySettings(n0=10, n=100, alpha=0.001, batch_size=32)
+RADII = (0.0, 0.25, 0.5)  # what a sequential request settles unless it names its radii
 LIMITS = Limits(max_n=1000, max_images=8)
 
 

@@ -2,69 +2,77 @@
 per image out, each image's noise seeded on its own.
 
 Image ``i`` of a call draws its noise from ``torch.Generator(device).manual_seed(seed + i)`` (mod
-2^64, torch's seed range): a
-call on one image with seed ``s`` answers exactly what ``Smooth(model, num_classes, sigma,
-seed=s).certify(x, n0, n, alpha, batch_size)`` (or ``certify_sequential``) answers, and a call on
-k images with seed ``s`` answers what k calls on one image with seeds s, s + 1, ..., s + k - 1
-answer.
+2^64, torch's seed range): a call on one image with seed ``s`` answers exactly what
+``Smooth(model, num_classes, sigma, seed=s).certify(x, n0, n, alpha, batch_size)`` (or
+``certify_sequential``) answers, and a call on k images with seed ``s`` answers what k calls on
+one image with seeds s, s + 1, ..., s + k - 1 answer (in sequential mode their noisy samples share
+forward batches, ``smoothing.certify_many``).
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from numpy.typing import ArrayLike
 
 from dmae_pipeline.models import load_classifier
-from dmae_pipeline.smoothing import Smooth
+from dmae_pipeline.smoothing import CertifySettings, Smooth, certify_items
+from dmae_pipeline.smoothing.run import SEEDS
 
 COLUMNS = ["prediction", "radius", "p_a_lower", "n", "sigma", "class_name"]
 """One row per image: the class (-1: abstain), the certified L2 radius in [0, 1] pixel units, the
 lower confidence bound on the class's probability under noise, the estimation samples drawn, the
 model's sigma and the class's name (empty on abstention)."""
 
-SEEDS = 2**64  # torch's generator seeds: 0 .. 2^64 - 1
+MODES = ("fixed", "sequential")
+"""How a request or a run names its CERTIFY: fixed-n (``CertifySettings.radii`` None), or
+sequential, settling the certificates at some radii."""
 
 
-@dataclass(frozen=True)
-class CertifySettings:
-    """How each image is certified: Cohen et al.'s CERTIFY with ``n`` estimation samples
-    (``mode="fixed"``), or sequential CERTIFY with at most ``n``, settling the certificates at
-    ``radii`` (``mode="sequential"``); ``seed`` seeds the first image's noise."""
+def mode_of(settings: CertifySettings) -> str:
+    """The mode (``MODES``) of ``settings``."""
+    return "fixed" if settings.radii is None else "sequential"
 
-    n0: int
-    n: int
-    alpha: float
-    batch_size: int
-    mode: Literal["fixed", "sequential"] = "fixed"
-    radii: tuple[float, ...] = field(default=())
-    seed: int = 0
 
-    def __post_init__(self) -> None:
-        for name in ("n0", "n", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        if not isinstance(self.alpha, int | float) or not 0 < self.alpha < 1:
-            raise ValueError(f"alpha: expected a number in (0, 1), got {self.alpha!r}")
-        if self.mode not in ("fixed", "sequential"):
-            raise ValueError(f"mode: expected 'fixed' or 'sequential', got {self.mode!r}")
-        radii = tuple(self.radii)
-        if not all(isinstance(r, int | float) and math.isfinite(r) and r >= 0 for r in radii):
-            raise ValueError(f"radii: expected non-negative numbers, got {list(radii)}")
-        if self.mode == "sequential" and not radii:
-            raise ValueError("radii: sequential mode needs at least one radius to settle")
-        object.__setattr__(self, "radii", radii)
-        seed = self.seed
-        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-            raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
-        if seed >= SEEDS:
-            raise ValueError(f"seed: expected at most {SEEDS - 1}, got {seed}")
+def with_mode(settings: CertifySettings, mode: str, radii: Sequence[float]) -> CertifySettings:
+    """``settings`` in ``mode``: fixed-n CERTIFY, or sequential CERTIFY settling ``radii``."""
+    if mode not in MODES:
+        raise ValueError(f"mode: expected 'fixed' or 'sequential', got {mode!r}")
+    return dataclasses.replace(settings, radii=tuple(radii) if mode == "sequential" else None)
+
+
+def check_images(images: Any, image_shape: Sequence[int]) -> torch.Tensor:
+    """``images`` as a float32 tensor, or a ValueError that says what is wrong: not N x C x H x W
+    at ``image_shape`` (C, H, W), not floating point, not finite or outside [0, 1]."""
+    image_shape = tuple(image_shape)
+    expected = f"N x {' x '.join(map(str, image_shape))} float32 pixels in [0, 1]"
+    if isinstance(images, np.ndarray):
+        if not np.issubdtype(images.dtype, np.floating):
+            raise ValueError(f"images: expected {expected}, got dtype {images.dtype}")
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not torch.is_tensor(images) or not images.is_floating_point():
+        raise ValueError(f"images: expected {expected}, got {type(images).__name__}")
+    if images.ndim != 4 or tuple(images.shape[1:]) != image_shape or not len(images):
+        raise ValueError(f"images: expected {expected}, got shape {tuple(images.shape)}")
+    images = images.to(torch.float32)
+    finite = torch.isfinite(images).flatten(1).all(dim=1)
+    if not finite.all():
+        bad = torch.nonzero(~finite).flatten().tolist()
+        raise ValueError(f"images: NaN or infinite pixels in image(s) {bad[:10]}")
+    inside = ((images >= 0) & (images <= 1)).flatten(1).all(dim=1)
+    if not inside.all():
+        bad = torch.nonzero(~inside).flatten().tolist()
+        low, high = images.min().item(), images.max().item()
+        raise ValueError(
+            f"images: pixels must be in [0, 1], got values in [{low:g}, {high:g}] in "
+            f"image(s) {bad[:10]}"
+        )
+    return images
 
 
 class SmoothedClassifier:
@@ -92,9 +100,9 @@ class SmoothedClassifier:
         self.sigma = float(sigma)
         self.image_shape = tuple(int(d) for d in image_shape)
         self.class_names = list(class_names)
-        model = model.eval().to(self.device)
+        self.model = model.eval().to(self.device)
         self.smooth = Smooth(
-            model, len(self.class_names), self.sigma, autocast_dtype=autocast_dtype
+            self.model, len(self.class_names), self.sigma, autocast_dtype=autocast_dtype
         )
 
     @classmethod
@@ -116,62 +124,44 @@ class SmoothedClassifier:
 
     def check_images(self, images: Any) -> torch.Tensor:
         """``images`` as a float32 tensor on the model's device, or a ValueError that says what
-        is wrong: not N x C x H x W at the native resolution, not floating point, not finite or
-        outside [0, 1]."""
-        expected = f"N x {' x '.join(map(str, self.image_shape))} float32 pixels in [0, 1]"
-        if isinstance(images, np.ndarray):
-            if not np.issubdtype(images.dtype, np.floating):
-                raise ValueError(f"images: expected {expected}, got dtype {images.dtype}")
-            images = torch.from_numpy(np.ascontiguousarray(images))
-        if not torch.is_tensor(images) or not images.is_floating_point():
-            raise ValueError(f"images: expected {expected}, got {type(images).__name__}")
-        if images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape or not len(images):
-            raise ValueError(f"images: expected {expected}, got shape {tuple(images.shape)}")
-        images = images.to(self.device, torch.float32)
-        finite = torch.isfinite(images).flatten(1).all(dim=1)
-        if not finite.all():
-            bad = torch.nonzero(~finite).flatten().tolist()
-            raise ValueError(f"images: NaN or infinite pixels in image(s) {bad[:10]}")
-        inside = ((images >= 0) & (images <= 1)).flatten(1).all(dim=1)
-        if not inside.all():
-            bad = torch.nonzero(~inside).flatten().tolist()
-            low, high = images.min().item(), images.max().item()
-            raise ValueError(
-                f"images: pixels must be in [0, 1], got values in [{low:g}, {high:g}] in "
-                f"image(s) {bad[:10]}"
-            )
-        return images
+        is wrong (see ``check_images``)."""
+        return check_images(images, self.image_shape).to(self.device)
 
     def certify(self, images: Any, settings: CertifySettings) -> pd.DataFrame:
         """Certify each image (see the module's docstring for the noise); one row per image with
         the columns of ``COLUMNS``."""
         images = self.check_images(images)
-        rows = []
-        for i, x in enumerate(images):
-            generator = torch.Generator(device=self.device).manual_seed((settings.seed + i) % SEEDS)
-            if settings.mode == "fixed":
-                certificate = self.smooth.certify_detailed(
-                    x, settings.n0, settings.n, settings.alpha, settings.batch_size, generator
-                )
-            else:
-                certificate = self.smooth.certify_sequential(
-                    x,
-                    settings.n0,
-                    settings.n,
-                    settings.alpha,
-                    settings.batch_size,
-                    settings.radii,
-                    generator,
-                )
-            prediction = certificate.prediction
-            rows.append(
-                {
-                    "prediction": prediction,
-                    "radius": certificate.radius,
-                    "p_a_lower": certificate.p_a_lower,
-                    "n": certificate.n,
-                    "sigma": self.sigma,
-                    "class_name": "" if prediction < 0 else self.class_names[prediction],
-                }
-            )
-        return pd.DataFrame(rows, columns=COLUMNS)
+        items = (
+            (i, x, torch.Generator(self.device).manual_seed((settings.seed + i) % SEEDS))
+            for i, x in enumerate(images)
+        )
+        certificates = dict(certify_items(self.smooth, items, settings))
+        ordered = [certificates[i] for i in range(len(images))]
+        return answers(
+            {
+                "prediction": [c.prediction for c in ordered],
+                "radius": [c.radius for c in ordered],
+                "p_a_lower": [c.p_a_lower for c in ordered],
+                "n": [c.n for c in ordered],
+            },
+            self.sigma,
+            self.class_names,
+        )
+
+
+def answers(
+    certificates: Mapping[str, ArrayLike], sigma: float, class_names: Sequence[str]
+) -> pd.DataFrame:
+    """Certificates (``prediction``, ``radius``, ``p_a_lower``, ``n``: one entry per image) as a
+    smoothed classifier's rows (``COLUMNS``)."""
+    prediction = np.asarray(certificates["prediction"], dtype=np.int64)
+    names = np.array([*class_names, ""], dtype=object)  # -1, abstain: ""
+    table = {
+        "prediction": prediction,
+        "radius": np.asarray(certificates["radius"], dtype=np.float64),
+        "p_a_lower": np.asarray(certificates["p_a_lower"], dtype=np.float64),
+        "n": np.asarray(certificates["n"], dtype=np.int64),
+        "sigma": np.full(len(prediction), float(sigma)),
+        "class_name": names[prediction],
+    }
+    return pd.DataFrame(table, columns=COLUMNS)

@@ -2,9 +2,9 @@
 
 The logged model holds everything it needs: the finetuned weights and model config (artifact
 ``classifier``), the dataset's resolution, channels, pixel statistics and class names, sigma,
-the certification defaults, the per-request limits and the device (artifact ``settings``, a JSON
-file), a tensor signature with the inference parameters, an input example, and this package's
-code (``code_paths``), so that
+the certification defaults and the radii of a sequential request, the per-request limits and
+the device (artifact ``settings``, a JSON file), a tensor signature with the inference
+parameters, an input example, and this package's code (``code_paths``), so that
 ``mlflow.pyfunc.load_model(uri)`` works in any Python with the pinned requirements installed,
 without this project or Kedro.
 """
@@ -16,7 +16,7 @@ import json
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,9 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 import dmae_pipeline
 from dmae_pipeline.io import atomic_torch_save
-from dmae_pipeline.serving.classifier import CertifySettings, SmoothedClassifier
+from dmae_pipeline.serving.classifier import SmoothedClassifier, mode_of, with_mode
 from dmae_pipeline.serving.pyfunc import CLASSIFIER_ARTIFACT, SETTINGS_ARTIFACT, Limits
+from dmae_pipeline.smoothing import CertifySettings
 
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 REQUIREMENTS = ("mlflow", "torch", "timm", "numpy", "scipy", "pandas", "tqdm")
@@ -56,15 +57,17 @@ def registry_name(dataset: str, sigma_label: str) -> str:
     return re.sub(r"[^\w.-]+", "_", f"dmae_{dataset}_{sigma_label}")
 
 
-def signature(image_shape: tuple[int, ...], defaults: CertifySettings) -> ModelSignature:
+def signature(
+    image_shape: tuple[int, ...], defaults: CertifySettings, radii: Sequence[float]
+) -> ModelSignature:
     """N x C x H x W float32 in; one row per image out; the request parameters, with the
-    defaults as theirs."""
+    defaults as theirs (``radii``: those of a sequential request)."""
     params = [
         ParamSpec("n", "long", defaults.n),
         ParamSpec("n0", "long", defaults.n0),
         ParamSpec("alpha", "double", defaults.alpha),
-        ParamSpec("mode", "string", defaults.mode),
-        ParamSpec("radii", "double", list(defaults.radii), shape=(-1,)),
+        ParamSpec("mode", "string", mode_of(defaults)),
+        ParamSpec("radii", "double", list(radii), shape=(-1,)),
         ParamSpec("seed", "long", defaults.seed),
     ]
     return ModelSignature(
@@ -81,10 +84,11 @@ def log_smoothed_classifier(
     limits: Limits,
     example: np.ndarray,
     *,
+    radii: Sequence[float] | None = None,
     name: str,
     registered_model_name: str | None = None,
     device: str = "auto",
-    autocast: str = "auto",
+    amp: str = "auto",
 ) -> ModelInfo:
     """Log the smoothed classifier of ``checkpoint`` into the active MLflow run (one is started
     if none is active) as the model ``name``, and register it as a new version of
@@ -94,24 +98,31 @@ def log_smoothed_classifier(
     :param dataset_spec: the dataset it was finetuned on (``name``, ``image_size``, ``channels``,
                          ``mean``, ``std``, ``class_names``)
     :param defaults: the certification settings of a request that gives no parameters
+    :param radii: the radii a sequential request settles unless it names its own (None: those of
+                  sequential ``defaults``; none for fixed ones, where such a request must name
+                  them)
     :param limits: what one request may ask for
     :param example: one or a few images, 1 x C x H x W float32 in [0, 1], for the input example
     :param device: where the served model runs: auto (CUDA when available), cpu, cuda, cuda:N
-    :param autocast: auto (bf16 on CUDA, off on the CPU), bf16, fp16 or off
+    :param amp: autocast precision: auto (bf16 on CUDA, off on the CPU), bf16, fp16 or off
     """
     classifier = SmoothedClassifier.from_checkpoint(checkpoint, dataset_spec)  # checks it
     example = classifier.check_images(example).cpu().numpy()
     limits.check(defaults, len(example))
+    radii = list(defaults.radii or ()) if radii is None else list(radii)
+    if radii:
+        with_mode(defaults, "sequential", radii)  # checks them
     config = {
         "dataset": {
             key: dataset_spec[key]
             for key in ("name", "image_size", "channels", "mean", "std", "class_names")
         },
         "sigma": classifier.sigma,
-        "certify": {**dataclasses.asdict(defaults), "radii": list(defaults.radii)},
+        "certify": dataclasses.asdict(defaults),
+        "radii": radii,
         "limits": dataclasses.asdict(limits),
         "device": device,
-        "autocast": autocast,
+        "amp": amp,
     }
     example_params = {"n": min(defaults.n, EXAMPLE_N)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,7 +140,7 @@ def log_smoothed_classifier(
             python_model=str(MODEL_CODE),
             artifacts={CLASSIFIER_ARTIFACT: str(weights), SETTINGS_ARTIFACT: str(settings)},
             code_paths=[str(code)],
-            signature=signature(classifier.image_shape, defaults),
+            signature=signature(classifier.image_shape, defaults, radii),
             input_example=(example, example_params),
             pip_requirements=[f"{dist}=={version(dist)}" for dist in REQUIREMENTS],
             registered_model_name=registered_model_name,

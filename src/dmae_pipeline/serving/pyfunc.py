@@ -4,7 +4,8 @@
 ``model_code.py`` hands MLflow a ``SmoothedClassifierModel`` (models from code); ``load_context``
 builds the ``SmoothedClassifier`` from the model's artifacts, the finetuned weights and the
 settings (dataset, sigma, certification defaults, limits, device), both written by
-``publish.log_smoothed_classifier``. A request's parameters override the defaults; every problem
+``publish.log_smoothed_classifier``. A request's parameters override the defaults (its ``mode`` and
+``radii`` make the settings' ``radii``: None for fixed-n CERTIFY); every problem
 with a request (its images, its parameters, a limit) is an ``MlflowException`` with
 INVALID_PARAMETER_VALUE, which the scoring server answers with HTTP 400.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +25,19 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from dmae_pipeline.io import safe_torch_load
-from dmae_pipeline.serving.classifier import CertifySettings, SmoothedClassifier
+from dmae_pipeline.serving.classifier import SmoothedClassifier, mode_of, with_mode
+from dmae_pipeline.smoothing import CertifySettings
 from dmae_pipeline.training import autocast_dtype, resolve_device
 
 CLASSIFIER_ARTIFACT = "classifier"
 """The artifact key of the finetuned checkpoint {"model", "config", "sigma"}."""
 SETTINGS_ARTIFACT = "settings"
-"""The artifact key of the JSON settings: dataset, sigma, certify, limits, device, autocast."""
+"""The artifact key of the JSON settings: dataset, sigma, certify (the defaults), radii (those of a
+sequential request), limits, device, amp."""
 
 PARAMS = ("n", "n0", "alpha", "mode", "radii", "seed")
-"""The settings a request may override (the rest of ``CertifySettings`` is the model's)."""
+"""The parameters a request may give: settings of ``CertifySettings`` (the rest are the model's),
+and the mode (``MODES``) with the radii that sequential CERTIFY settles."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,13 +61,13 @@ class Limits:
 
 
 def request_settings(
-    defaults: CertifySettings, params: Mapping[str, Any] | None
+    defaults: CertifySettings, radii: Sequence[float], params: Mapping[str, Any] | None
 ) -> CertifySettings:
-    """The defaults with a request's parameters (those of ``PARAMS``) in their place."""
+    """The defaults with a request's parameters (those of ``PARAMS``) in their place: its mode
+    (by default the defaults'), sequential with its radii (by default ``radii``)."""
     given = {k: v for k, v in (params or {}).items() if k in PARAMS}
-    if "radii" in given:
-        given["radii"] = tuple(given["radii"])
-    return dataclasses.replace(defaults, **given)
+    mode, radii = given.pop("mode", mode_of(defaults)), given.pop("radii", radii)
+    return with_mode(dataclasses.replace(defaults, **given), mode, radii)
 
 
 class SmoothedClassifierModel(mlflow.pyfunc.PythonModel):
@@ -82,9 +86,10 @@ class SmoothedClassifierModel(mlflow.pyfunc.PythonModel):
             checkpoint,
             config["dataset"],
             device=device,
-            autocast_dtype=autocast_dtype(config["autocast"], device),
+            autocast_dtype=autocast_dtype(config["amp"], device),
         )
         self.defaults = CertifySettings(**config["certify"])
+        self.radii = tuple(config["radii"])
         self.limits = Limits(**config["limits"])
         self._lock = threading.Lock()
 
@@ -92,7 +97,7 @@ class SmoothedClassifierModel(mlflow.pyfunc.PythonModel):
         self, context, model_input: np.ndarray, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         try:
-            settings = request_settings(self.defaults, params)
+            settings = request_settings(self.defaults, self.radii, params)
             images = self.classifier.check_images(model_input)
             self.limits.check(settings, len(images))
         except ValueError as e:

@@ -11,6 +11,7 @@ from dmae_pipeline.smoothing.curves import (
 )
 from dmae_pipeline.smoothing.log import (
     LOG_COLUMNS,
+    UNLABELLED_LOG_COLUMNS,
     IncompleteCertificationError,
     log_files,
     merge_logs,
@@ -21,6 +22,7 @@ from dmae_pipeline.smoothing.many import SequentialItem, certify_many
 from dmae_pipeline.smoothing.run import (
     CertifySettings,
     certify_dataset,
+    certify_items,
     fingerprint,
     image_seed,
     shard_indices,
@@ -31,6 +33,7 @@ __all__ = [
     "LOG_COLUMNS",
     "NOISE_LAYOUT",
     "SEQUENTIAL_TEST",
+    "UNLABELLED_LOG_COLUMNS",
     "Certificate",
     "CertifySettings",
     "CompiledClassifier",
@@ -42,6 +45,7 @@ __all__ = [
     "best_over_sigma",
     "certified_accuracy",
     "certify_dataset",
+    "certify_items",
     "certify_many",
     "fingerprint",
     "image_seed",

@@ -23,6 +23,8 @@ start), then the estimation count, the estimation samples drawn, the lower bound
 estimation samples allowed (``certify.n``) and how estimation went (``FIXED``, ``SEQUENTIAL`` or
 ``SKIPPED``). One row per image, in the order the images finish."""
 COHEN_COLUMNS = LOG_COLUMNS[:6]
+UNLABELLED_LOG_COLUMNS = tuple(c for c in LOG_COLUMNS if c not in ("label", "correct"))
+"""The header of a log of images without labels (``certify_dataset(..., labelled=False)``)."""
 FIXED, SEQUENTIAL, SKIPPED = "fixed", "sequential", "skipped"
 """The values of ``estimation``: CERTIFY (n = n_max); sequential CERTIFY, stopped at a look of its
 test after n <= n_max samples; sequential CERTIFY stopped at selection because c_hat was not the
@@ -45,10 +47,10 @@ class IncompleteCertificationError(ValueError):
     """The logs lack images that they should hold."""
 
 
-def _cells(row: Sequence) -> list:
+def _cells(row: Sequence, columns: Sequence[str]) -> list:
     """A row's values as the log writes them (csv writes a float as its shortest exact repr, so a
     log read back writes back the same)."""
-    return [_CELL[c](v) for c, v in zip(LOG_COLUMNS, row, strict=True)]
+    return [_CELL[c](v) for c, v in zip(columns, row, strict=True)]
 
 
 def _complete_text(path: Path) -> str:
@@ -75,7 +77,7 @@ def _column(name: str, cells: Sequence[str]) -> np.ndarray:
 def _parse(text: str, path: Path) -> Log:
     header, *rows = csv.reader(io.StringIO(text), **_DIALECT)
     missing = [c for c in COHEN_COLUMNS if c not in header]
-    if missing:
+    if missing and tuple(header) != UNLABELLED_LOG_COLUMNS:
         raise ValueError(
             f"{path} is not a certification log: header {header} lacks {missing}; expected "
             f"tab-separated columns starting {' '.join(COHEN_COLUMNS)}"
@@ -90,8 +92,8 @@ def _parse(text: str, path: Path) -> Log:
 
 
 def read_log(path: str | Path) -> Log:
-    """Read a certification log (this package's, or Cohen et al.'s six-column one) as columns,
-    ignoring a trailing incomplete row."""
+    """Read a certification log (this package's, labelled or not, or Cohen et al.'s six-column
+    one) as columns, ignoring a trailing incomplete row."""
     path = Path(path)
     text = _complete_text(path)
     if not text:
@@ -99,23 +101,23 @@ def read_log(path: str | Path) -> Log:
     return _parse(text, path)
 
 
-def _check_columns(log: Log, path: str | Path) -> None:
-    if tuple(log) != LOG_COLUMNS:
-        raise ValueError(f"{path} has columns {list(log)}, expected {list(LOG_COLUMNS)}")
+def _check_columns(log: Log, path: str | Path, columns: Sequence[str] = LOG_COLUMNS) -> None:
+    if tuple(log) != tuple(columns):
+        raise ValueError(f"{path} has columns {list(log)}, expected {list(columns)}")
 
 
-def open_log(path: Path) -> set[int]:
-    """Create the log at ``path`` with its header, or drop the half-written last row of an existing
-    one; return the indices of the images it holds."""
+def open_log(path: Path, columns: Sequence[str] = LOG_COLUMNS) -> set[int]:
+    """Create the log at ``path`` with its header (``columns``), or drop the half-written last row
+    of an existing one; return the indices of the images it holds."""
     if not path.exists() or path.stat().st_size == 0:
         with atomic_write(path, "w") as f:
-            csv.writer(f, **_DIALECT).writerow(LOG_COLUMNS)
+            csv.writer(f, **_DIALECT).writerow(columns)
         return set()
     text = _complete_text(path)
     if not text:
         raise ValueError(f"{path} has no complete header line; delete it to start over")
     log = _parse(text, path)
-    _check_columns(log, path)
+    _check_columns(log, path, columns)
     complete = len(text.encode())
     if complete < path.stat().st_size:
         with open(path, "r+") as f:
@@ -123,13 +125,13 @@ def open_log(path: Path) -> set[int]:
     return set(log["idx"].tolist())
 
 
-def append_rows(path: Path, rows: Iterable[Sequence]) -> None:
-    """Append each row (values in ``LOG_COLUMNS`` order) to the log as soon as it comes, on disk
+def append_rows(path: Path, rows: Iterable[Sequence], columns: Sequence[str] = LOG_COLUMNS) -> None:
+    """Append each row (values in ``columns`` order) to the log as soon as it comes, on disk
     before the next is asked for."""
     with open(path, "a", newline="") as f:
         writer = csv.writer(f, **_DIALECT)
         for row in rows:
-            writer.writerow(_cells(row))
+            writer.writerow(_cells(row, columns))
             f.flush()
             os.fsync(f.fileno())
 
@@ -146,14 +148,18 @@ def log_files(prefix: str | Path) -> list[Path]:
     return sorted(prefix.parent.glob(f"{glob.escape(prefix.name)}*.tsv"))
 
 
-def _without_time(row: tuple) -> tuple:
-    at = LOG_COLUMNS.index("time")
+def _without_time(row: tuple, columns: Sequence[str]) -> tuple:
+    at = columns.index("time")
     return row[:at] + row[at + 1 :]
 
 
-def merge_logs(paths: Iterable[str | Path], out_path: str | Path | None = None) -> Log:
+def merge_logs(
+    paths: Iterable[str | Path],
+    out_path: str | Path | None = None,
+    columns: Sequence[str] = LOG_COLUMNS,
+) -> Log:
     """Join the logs of shards into one, sorted by ``idx``; write it atomically to ``out_path`` if
-    given.
+    given. ``columns``: the logs' header (``UNLABELLED_LOG_COLUMNS`` for images without labels).
 
     A row repeated with the same certificate (every column but ``time`` equal, as two runs of the
     same settings write it) is kept once. Refuses logs that disagree about an image, mix fixed and
@@ -165,17 +171,18 @@ def merge_logs(paths: Iterable[str | Path], out_path: str | Path | None = None) 
     rows = []
     for path in paths:
         log = read_log(path)
-        _check_columns(log, path)
-        rows += zip(*(log[c].tolist() for c in LOG_COLUMNS), strict=True)
+        _check_columns(log, path, columns)
+        rows += zip(*(log[c].tolist() for c in columns), strict=True)
     kept: dict[int, tuple] = {}
     for row in sorted(rows, key=lambda row: row[0]):
         first = kept.setdefault(row[0], row)
-        if _without_time(first) != _without_time(row):
+        if _without_time(first, columns) != _without_time(row, columns):
             raise ValueError(
                 f"the logs {[str(p) for p in paths]} disagree about image idx {row[0]}: "
-                f"{_without_time(first)} and {_without_time(row)} (all columns but time)"
+                f"{_without_time(first, columns)} and {_without_time(row, columns)} (all columns "
+                "but time)"
             )
-    merged = {c: np.array([row[i] for row in kept.values()]) for i, c in enumerate(LOG_COLUMNS)}
+    merged = {c: np.array([row[i] for row in kept.values()]) for i, c in enumerate(columns)}
     kinds = set(merged["estimation"].tolist())
     if FIXED in kinds and len(kinds) > 1:
         raise ValueError(f"the logs {[str(p) for p in paths]} mix fixed and sequential estimation")
@@ -186,21 +193,26 @@ def merge_logs(paths: Iterable[str | Path], out_path: str | Path | None = None) 
     if out_path is not None:
         with atomic_write(out_path, "w") as f:
             writer = csv.writer(f, **_DIALECT)
-            writer.writerow(LOG_COLUMNS)
-            writer.writerows(_cells(row) for row in kept.values())
+            writer.writerow(columns)
+            writer.writerows(_cells(row, columns) for row in kept.values())
     return merged
 
 
-def merge_shard_logs(paths: Iterable[str | Path], shards: Sequence[Collection[int]]) -> Log:
+def merge_shard_logs(
+    paths: Iterable[str | Path],
+    shards: Sequence[Collection[int]],
+    columns: Sequence[str] = LOG_COLUMNS,
+) -> Log:
     """The rows of the shards' images, sorted by ``idx``, from the logs at ``paths`` (joined as
     ``merge_logs`` joins them; any split of the images over the logs will do).
 
     :param paths: certification logs of one model and settings (none is allowed)
     :param shards: the image indices of each shard (e.g. from ``shard_indices``)
+    :param columns: the logs' header
     :raises IncompleteCertificationError: naming every shard whose images the logs lack
     """
     paths = list(paths)
-    log = merge_logs(paths) if paths else {c: _column(c, []) for c in LOG_COLUMNS}
+    log = merge_logs(paths, columns=columns) if paths else {c: _column(c, []) for c in columns}
     done = set(log["idx"].tolist())
     lacking = [(i, len(set(shard) - done), len(shard)) for i, shard in enumerate(shards)]
     detail = [f"shard {i} lacks {m} of {size}" for i, m, size in lacking if m]

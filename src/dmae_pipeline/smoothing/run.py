@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,18 +22,23 @@ from dmae_pipeline.smoothing.bounds import check_alpha, check_positive_int
 from dmae_pipeline.smoothing.core import NOISE_LAYOUT, Certificate, Smooth
 from dmae_pipeline.smoothing.log import (
     FIXED,
+    LOG_COLUMNS,
     SEQUENTIAL,
     SKIPPED,
+    UNLABELLED_LOG_COLUMNS,
     Log,
     append_rows,
     lock_path,
     open_log,
     read_log,
 )
-from dmae_pipeline.smoothing.many import certify_many
+from dmae_pipeline.smoothing.many import SequentialItem, certify_many
 from dmae_pipeline.smoothing.sequential import SEQUENTIAL_TEST, check_radii
 
 logger = logging.getLogger(__name__)
+
+SEEDS = 2**64
+"""Seeds are integers in [0, SEEDS): torch's generator seeds."""
 
 
 @dataclass(frozen=True)
@@ -62,11 +67,10 @@ class CertifySettings:
             "batch_size": check_positive_int("batch_size", self.batch_size),
             "radii": None if self.radii is None else tuple(check_radii(self.radii).tolist()),
             "stop_at_selection": bool(self.stop_at_selection),
-            "seed": int(self.seed),
+            "seed": check_seed(self.seed),
         }
         if self.stop_at_selection and self.radii is None:
             raise ValueError("stop_at_selection applies to sequential CERTIFY only: give radii")
-        image_seed(self.seed, 0)  # checks the seed
         for name, value in plain.items():
             object.__setattr__(self, name, value)
 
@@ -106,12 +110,20 @@ def _tensor_digest(value: Any) -> str:
     return state_digest({"tensor": value})
 
 
+def check_seed(seed: int) -> int:
+    """``seed`` as an int, or a ValueError if it is not an integer in [0, 2^64)."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < SEEDS:
+        raise ValueError(f"seed must be an integer in [0, 2^64), got {seed!r}")
+    return int(seed)
+
+
 def image_seed(seed: int, idx: int) -> int:
     """The noise seed of image ``idx``: a 64-bit hash of (seed, idx) via numpy's SeedSequence, so
     that neighbouring images and neighbouring seeds get unrelated streams."""
-    if seed < 0 or idx < 0:
-        raise ValueError(f"seed and idx must be non-negative, got {seed} and {idx}")
-    return int(np.random.SeedSequence([int(seed), int(idx)]).generate_state(1, np.uint64)[0])
+    seed = check_seed(seed)
+    if idx < 0:
+        raise ValueError(f"idx must be non-negative, got {idx}")
+    return int(np.random.SeedSequence([seed, int(idx)]).generate_state(1, np.uint64)[0])
 
 
 def shard_indices(
@@ -137,6 +149,23 @@ def shard_indices(
     return list(selected[shard_index::num_shards])
 
 
+def certify_items(
+    smooth: Smooth, items: Iterable[SequentialItem | tuple], settings: CertifySettings
+) -> Iterator[tuple[Hashable, Certificate]]:
+    """``(key, certificate)`` of each ``(key, x, generator)`` or ``(key, x, generator, label)``
+    item as ``settings`` say, as soon as it is done: fixed-n CERTIFY
+    (``Smooth.certify_detailed``), one item at a time, in order; or sequential CERTIFY of several
+    at once (``certify_many``: each certificate that of the item alone), in the order they finish,
+    stopping at selection where c_hat is not an item's label (None: never). Items are taken as
+    needed."""
+    s = settings
+    if s.radii is None:
+        for key, x, generator, *_ in items:
+            yield key, smooth.certify_detailed(x, s.n0, s.n, s.alpha, s.batch_size, generator)
+    else:
+        yield from certify_many(smooth, items, s.n0, s.n, s.alpha, s.batch_size, s.radii)
+
+
 def certify_dataset(
     smooth: Smooth,
     dataset,
@@ -146,6 +175,7 @@ def certify_dataset(
     *,
     others: Iterable[str | Path] = (),
     progress: bool = True,
+    labelled: bool = True,
 ) -> Log:
     """Certify each image ``dataset[idx]`` for ``idx`` in ``indices`` as ``settings`` say, appending
     its row to the log as soon as it is done: fixed-n CERTIFY (``Smooth.certify_detailed``) one
@@ -164,8 +194,13 @@ def certify_dataset(
     :param log_path: the log, created if missing
     :param others: logs whose images are skipped too (``log_path`` among them is ignored)
     :param progress: show a progress bar with images/s and noisy samples/s
+    :param labelled: False for images without labels (the items' labels are ignored): the log
+                     has no ``label`` and ``correct`` columns (``UNLABELLED_LOG_COLUMNS``)
     :return: the whole log, as ``read_log`` gives it
     """
+    if settings.stop_at_selection and not labelled:
+        raise ValueError("stop_at_selection needs labelled images")
+    columns = LOG_COLUMNS if labelled else UNLABELLED_LOG_COLUMNS
     indices = [int(i) for i in indices]
     if len(set(indices)) != len(indices):
         raise ValueError("indices must not repeat an image")
@@ -175,7 +210,7 @@ def certify_dataset(
     log_path = Path(log_path)
     others = [Path(p) for p in others if Path(p).resolve() != log_path.resolve()]
     with exclusive_lock(lock_path(log_path), f"the certification log {log_path}"):
-        done = open_log(log_path)
+        done = open_log(log_path, columns)
         done |= {idx for path in others for idx in read_log(path)["idx"].tolist()}
         pending = [i for i in indices if i not in done]
         logger.info(
@@ -185,8 +220,8 @@ def certify_dataset(
         )
         bar = tqdm(total=len(pending), unit="img", desc=log_path.name, disable=not progress)
         with bar:
-            certified = _certificates(smooth, dataset, pending, settings)
-            append_rows(log_path, _rows(certified, settings, bar))
+            certified = _certificates(smooth, dataset, pending, settings, labelled)
+            append_rows(log_path, _rows(certified, settings, bar, columns), columns)
     return read_log(log_path)
 
 
@@ -196,37 +231,42 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 
 def _certificates(
-    smooth: Smooth, dataset, pending: Sequence[int], settings: CertifySettings
-) -> Iterator[tuple[tuple[int, int], Certificate]]:
-    """``((idx, label), certificate)`` of each pending image, as soon as it is done."""
-    s, device = settings, _device(smooth.model)
+    smooth: Smooth, dataset, pending: Sequence[int], settings: CertifySettings, labelled: bool
+) -> Iterator[tuple[tuple[int, int | None], Certificate]]:
+    """``((idx, label), certificate)`` of each pending image, as soon as it is done (label None
+    for unlabelled images)."""
+    device = _device(smooth.model)
 
-    def images():
+    def items():
         for idx in pending:
             image, label = dataset[idx]
-            generator = torch.Generator(device=device).manual_seed(image_seed(s.seed, idx))
-            yield (idx, int(label)), image.to(device), generator
+            label = int(label) if labelled else None
+            generator = torch.Generator(device=device).manual_seed(image_seed(settings.seed, idx))
+            stop_unless = label if settings.stop_at_selection else None
+            yield (idx, label), image.to(device), generator, stop_unless
 
-    if s.radii is None:
-        for key, x, generator in images():
-            yield key, smooth.certify_detailed(x, s.n0, s.n, s.alpha, s.batch_size, generator)
-    else:
-        items = ((key, x, g, key[1] if s.stop_at_selection else None) for key, x, g in images())
-        yield from certify_many(smooth, items, s.n0, s.n, s.alpha, s.batch_size, s.radii)
+    return certify_items(smooth, items(), settings)
 
 
 def _rows(
-    certified: Iterable[tuple[tuple[int, int], Certificate]], settings: CertifySettings, bar: tqdm
+    certified: Iterable[tuple[tuple[int, int | None], Certificate]],
+    settings: CertifySettings,
+    bar: tqdm,
+    columns: Sequence[str],
 ) -> Iterator[tuple]:
-    """Each ((idx, label), certificate) as a log row as soon as it comes, counted on the progress
-    bar; ``time`` is the seconds since the previous row (or the start)."""
+    """Each ((idx, label), certificate) as a log row of ``columns`` as soon as it comes, counted on
+    the progress bar; ``time`` is the seconds since the previous row (or the start)."""
     samples, started = 0, time.perf_counter()
     last = started
     for (idx, label), cert in certified:
         now = time.perf_counter()
         estimation = FIXED if settings.radii is None else SKIPPED if cert.n == 0 else SEQUENTIAL
-        row = (idx, label, cert.prediction, cert.radius, cert.prediction == label, now - last)
-        yield (*row, cert.n_a, cert.n, cert.p_a_lower, settings.n, estimation)
+        row = {
+            "idx": idx, "label": label, "predict": cert.prediction, "radius": cert.radius,
+            "correct": cert.prediction == label, "time": now - last, "nA": cert.n_a, "n": cert.n,
+            "pA_lower": cert.p_a_lower, "n_max": settings.n, "estimation": estimation,
+        }  # fmt: skip
+        yield tuple(row[c] for c in columns)
         last, samples = now, samples + settings.n0 + cert.n
         bar.update()
         bar.set_postfix(samples_per_s=f"{samples / (now - started):.4g}")

@@ -12,7 +12,8 @@ from dmae_pipeline import distributed
 from dmae_pipeline.data import SplitDataset, build_transform
 from dmae_pipeline.params import CertifyParams, PublishParams, ReportParams
 from dmae_pipeline.reporting.names import sigma_label
-from dmae_pipeline.serving import CertifySettings, Limits, log_smoothed_classifier, registry_name
+from dmae_pipeline.serving import Limits, log_smoothed_classifier, registry_name, with_mode
+from dmae_pipeline.smoothing import CertifySettings
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +36,8 @@ def publish_smoothed_classifiers(
     """
     if not distributed.is_main():
         return {}
-    defaults = CertifySettings(
-        n0=certify.n0,
-        n=certify.n,
-        alpha=certify.alpha,
-        batch_size=certify.batch_size,
-        mode=certify.mode,
-        radii=tuple(report.radii),
-        seed=certify.seed,
-    )
+    settings = certify.model_dump(include={"n0", "n", "alpha", "batch_size", "seed"})
+    defaults = with_mode(CertifySettings(**settings), certify.mode, report.radii)
     limits = Limits(max_n=publish.max_n, max_images=publish.max_images)
     image, _ = SplitDataset(test_split, build_transform(dataset_spec, train=False))[0]
     published = {}
@@ -61,10 +55,11 @@ def publish_smoothed_classifiers(
             defaults,
             limits,
             image[None].numpy(),
+            radii=report.radii,
             name=label.replace(".", "_"),  # MLflow's model names have no dots
             registered_model_name=name,
             device=publish.device,
-            autocast=publish.autocast,
+            amp=publish.amp,
         )
         version = int(info.registered_model_version)
         published[label] = {
