@@ -188,8 +188,10 @@ def test_mlflow_server_serves_the_certified_accuracy_curves(chain):
         assert {r["info"]["run_name"].partition(" @ ")[2] for r in runs} == {"base"}
         report = next(r for r in runs if r["info"]["run_name"].startswith("report"))
         metrics = {m["key"] for m in report["data"]["metrics"]}
-        assert any(k.startswith("certified_accuracy/best/") for k in metrics)
-        curve = next(k for k in metrics if k.startswith("certified_accuracy_curve/"))
+        assert any(k.startswith("report/certified_accuracy/best/") for k in metrics)
+        curve = next(
+            k for k in metrics if k.startswith("report/certified_accuracy_vs_radius_x100/")
+        )
         history = get_json(
             f"{base}/metrics/get-history?run_id={report['info']['run_id']}&metric_key={curve}"
         )["metrics"]

@@ -472,12 +472,14 @@ class ReferencePoint(Params):
 
 
 class ReportParams(Params):
-    """``report``: the radii of the tables, the curves' grid, published reference points, and the
-    intervals over the test images (their level; ACR's bootstrap resamples and seed)."""
+    """``report``: the radii of the tables and those of them in the summary metrics, the curves'
+    grid, published reference points, and the intervals over the test images (their level; ACR's
+    bootstrap resamples and seed)."""
 
     block: ClassVar[str] = "report"
     dataset: Annotated[str, Field(min_length=1)]
     radii: Radii
+    summary_radii: Radii
     curve_step: PositiveFloat = RADIUS_UNIT
     reference_points: list[ReferencePoint] = []
     confidence: OpenUnit = 0.95
@@ -490,6 +492,10 @@ class ReportParams(Params):
             grid_units(self.curve_step)
         except ValueError:
             _refuse("curve_step", f"expected a positive multiple of {RADIUS_UNIT}", self.curve_step)
+        if not set(self.summary_radii) <= set(self.radii):
+            _refuse(
+                "summary_radii", f"expected radii of report.radii {self.radii}", self.summary_radii
+            )
         return self
 
 

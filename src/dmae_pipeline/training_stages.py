@@ -91,7 +91,7 @@ def train(
             cfg=params.train,
             run_dir=run_dir,
             on_epoch=lambda record: log_epoch(record, f"{name}/"),
-            log_prefix=f"{name}/",
+            log_prefix=f"{name}: ",
             **fit_args,
         )
 

@@ -159,14 +159,18 @@ def test_certify_then_report(project, mode):
     accuracy = (constant["label"] == CONSTANT_CLASS).mean()
     assert metrics["sigma_0.25/r_0.00"] == metrics["sigma_0.25/r_0.25"] == pytest.approx(accuracy)
     assert metrics["sigma_0.25/r_0.50"] == 0.0  # 0.25 * 1.13 < 0.5
-    assert metrics["mean_samples/sigma_0.25"] == metrics["median_samples/sigma_0.25"] == n
-    assert metrics["saving/sigma_0.25"] == pytest.approx(50 / n)
-    noisy = table.loc[table["sigma"] == 0.5, "n"]
-    assert metrics["mean_samples/sigma_0.50"] == pytest.approx(noisy.mean())
     markdown = (project / "data/08_reporting/certified_accuracy.md").read_text()
-    assert "samples (mean)" in markdown and f"{50 / n:.1f}x" in markdown
     client, run = mlflow_run("certify+report @ test")
-    assert run.data.metrics["saving/sigma_0.25"] == pytest.approx(50 / n)
+    if mode == "fixed":  # n = n_max for every image: no samples, saving or skip columns
+        assert not [k for k in metrics if k.startswith(("mean_samples", "saving", "skip_rate"))]
+        assert "samples (mean)" not in markdown and "skipped (%)" not in markdown
+    else:
+        assert metrics["mean_samples/sigma_0.25"] == metrics["median_samples/sigma_0.25"] == n
+        assert metrics["saving/sigma_0.25"] == pytest.approx(50 / n)
+        noisy = table.loc[table["sigma"] == 0.5, "n"]
+        assert metrics["mean_samples/sigma_0.50"] == pytest.approx(noisy.mean())
+        assert "samples (mean)" in markdown and f"{50 / n:.1f}x" in markdown
+        assert run.data.metrics["report/saving/sigma_0.25"] == pytest.approx(50 / n)
     assert artifact_paths(client, run.info.run_id, "certification") == {
         "certification/certification_results.csv"
     }
@@ -277,6 +281,8 @@ def test_stop_at_selection_skips_the_images_selection_gets_wrong(project):
         project / "data/08_reporting/certified_accuracy.csv", dtype={"sigma": str}
     )
     assert summary.loc[0, "r_0.00"] == pytest.approx(1 - wrong.mean())
+    # skipped images are no abstentions: the constant classifier never abstains
+    assert summary.loc[0, ["abstain_rate", "skip_rate"]].tolist() == [0.0, wrong.mean()]
 
 
 def test_bad_inputs_stop_before_any_work(project):

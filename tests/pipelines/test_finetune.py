@@ -25,7 +25,6 @@ from dmae_pipeline.models import (
 from dmae_pipeline.params import FinetuneParams
 from dmae_pipeline.pipelines.finetune import create_pipeline
 from dmae_pipeline.pipelines.finetune.nodes import finetune_classifiers
-from dmae_pipeline.reporting.names import sigma_label
 from dmae_pipeline.settings import CONFIG_LOADER_ARGS
 from dmae_pipeline.training import accuracy_evaluator, load_best, load_checkpoint
 
@@ -77,7 +76,9 @@ def chain(tmp_path_factory):
         run_kedro(project, "data_prep,pretrain,cifar_pretrain,finetune", "test")
         outputs = {
             "models": finetuned_models(project),
-            "table": pd.read_csv(project / "data/08_reporting/finetune_validation.csv"),
+            "table": pd.read_csv(
+                project / "data/08_reporting/finetune_validation.csv", dtype={"sigma": str}
+            ),
         }
         yield project, outputs
 
@@ -120,9 +121,9 @@ def test_one_selected_classifier_per_sigma(chain, tmp_path):
         assert recomputed == pytest.approx(part["val"], abs=1.5 / len(val_set))
     table = outputs["table"]
     assert list(table.columns) == ["sigma", "epoch", "clean_acc", "noisy_acc"]
-    assert table["sigma"].tolist() == [0.25, 0.5]
+    assert table["sigma"].tolist() == ["0.25", "0.50"]  # as every table writes a sigma
     for row in table.itertuples():
-        part = models[sigma_label(row.sigma)]
+        part = models[f"sigma_{row.sigma}"]
         assert (row.epoch, row.clean_acc, row.noisy_acc) == (
             part["epoch"], part["val"]["clean_acc"], part["val"]["noisy_acc"]
         )  # fmt: skip

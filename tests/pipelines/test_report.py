@@ -21,6 +21,7 @@ REPORT_FILES = (
     "certified_accuracy.md",
     "certified_accuracy.png",
     "certified_accuracy.json",
+    "certified_accuracy_summary.json",
     "certified_accuracy_curve.csv",
 )
 
@@ -56,11 +57,12 @@ def check_report_outputs(project, run_name: str) -> tuple[pd.DataFrame, dict]:
     client, run = mlflow_run(run_name)
     logged = run.data.metrics
     for key, value in metrics.items():
-        name = f"certified_accuracy/{key}" if "/r_" in key else key
+        name = f"report/certified_accuracy/{key}" if "/r_" in key else f"report/{key}"
         assert logged[name] == pytest.approx(value), name
     for label, group in curve.groupby("sigma"):
         name = "best" if label == "best" else f"sigma_{label}"
-        history = client.get_metric_history(run.info.run_id, f"certified_accuracy_curve/{name}")
+        curve_name = f"report/certified_accuracy_vs_radius_x100/{name}"
+        history = client.get_metric_history(run.info.run_id, curve_name)
         # one entry per radius of the grid, step = radius in hundredths
         assert sorted(m.step for m in history) == [round(100 * r) for r in group["radius"]]
         by_step = {m.step: m.value for m in history}
@@ -91,7 +93,8 @@ def write_results(project) -> None:
 def test_report_of_a_hand_made_table(kedro_project):
     write_results(kedro_project)
     intervals = {"confidence": 0.9, "bootstrap": 300, "bootstrap_seed": 4}
-    params = {"report": {"radii": [0.0, 0.5, 2.0], "reference_points": [], **intervals}}
+    radii = {"radii": [0.0, 0.5, 2.0], "summary_radii": [0.5, 2.0]}
+    params = {"report": {**radii, "reference_points": [], **intervals}}
     run_kedro(kedro_project, "report", "test", params=params)
 
     table, metrics = check_report_outputs(kedro_project, "report @ test")
@@ -101,6 +104,16 @@ def test_report_of_a_hand_made_table(kedro_project):
     assert table["acr"].tolist()[:2] == pytest.approx([0.2, 0.6])
     assert table["abstain_rate"].tolist()[:2] == pytest.approx([1 / 3, 0.0])
     assert metrics["best/r_2.00"] == 0.0 and metrics["sigma_1.00/r_0.50"] == pytest.approx(1 / 3)
+    # DVC's metrics: a few named numbers, best over sigma
+    summary = json.loads(
+        (kedro_project / "data/08_reporting/certified_accuracy_summary.json").read_text()
+    )
+    assert summary == {
+        "best/r_0.50": pytest.approx(1 / 3),
+        "best/r_2.00": 0.0,
+        "best/acr": pytest.approx(0.6),
+        "best/clean_accuracy": pytest.approx(2 / 3),
+    }
     # the intervals at the configured level, seed and resamples
     assert table.loc[2, ["r_0.50_ci_low", "r_0.50_ci_high"]].tolist() == pytest.approx(
         exact(1, 3, 0.9)

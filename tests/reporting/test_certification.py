@@ -24,6 +24,7 @@ from dmae_pipeline.reporting.certification import (
     markdown_report,
     metric_histories,
     plot_curves,
+    summary_metrics,
     summary_table,
 )
 
@@ -122,7 +123,8 @@ def test_a_coarser_grid_keeps_whole_hundredths():
     best = curve[curve["sigma"] == BEST]
     assert best["radius"].tolist() == [k / 20 for k in range(25)]  # up to 1.2, exactly
     histories = metric_histories(summary_table(hand_made_results(), RADII, **INTERVALS), curve)
-    assert [p["step"] for p in histories["certified_accuracy_curve/best"]] == list(range(0, 121, 5))
+    steps = [p["step"] for p in histories["report/certified_accuracy_vs_radius_x100/best"]]
+    assert steps == list(range(0, 121, 5))
     with pytest.raises(ValueError, match=r"step must be a positive multiple of 0\.01"):
         curve_table(hand_made_results(), 1.0, step=0.015, **LEVEL)
 
@@ -147,21 +149,52 @@ def test_metric_names_and_values():
     assert [flat["acr/sigma_0.50/ci_low"], flat["acr/sigma_0.50/ci_high"]] == acr
 
     histories = metric_histories(table, curve_table(hand_made_results(), 1.0, **LEVEL))
-    scalars = {k: v for k, v in histories.items() if not k.startswith("certified_accuracy_curve/")}
+    curve = "report/certified_accuracy_vs_radius_x100/"  # its step is the radius x 100
+    scalars = {k: v for k, v in histories.items() if not k.startswith(curve)}
     assert scalars.keys() == {
-        k if "/r_" not in k else f"certified_accuracy/{k}" for k in flat
-    }  # the same numbers, accuracies under certified_accuracy/
-    assert scalars["certified_accuracy/best/r_0.50"] == {"value": 0.5, "step": 0}
-    assert scalars["certified_accuracy/best/r_0.50/ci_high"]["value"] == pytest.approx(
+        f"report/{k}" if "/r_" not in k else f"report/certified_accuracy/{k}" for k in flat
+    }  # the same numbers under report/, accuracies under report/certified_accuracy/
+    assert scalars["report/certified_accuracy/best/r_0.50"] == {"value": 0.5, "step": 0}
+    assert scalars["report/certified_accuracy/best/r_0.50/ci_high"]["value"] == pytest.approx(
         exact(2, 4)[1]
     )
-    assert scalars["acr/sigma_0.25"] == {"value": pytest.approx(0.225), "step": 0}
-    assert scalars["acr/sigma_0.25/ci_low"]["value"] == flat["acr/sigma_0.25/ci_low"]
+    assert scalars["report/acr/sigma_0.25"] == {"value": pytest.approx(0.225), "step": 0}
+    assert scalars["report/acr/sigma_0.25/ci_low"]["value"] == flat["acr/sigma_0.25/ci_low"]
     for name in ("sigma_0.25", "sigma_0.50", "best"):
-        history = histories[f"certified_accuracy_curve/{name}"]
+        history = histories[f"{curve}{name}"]
         assert [point["step"] for point in history] == list(range(121))  # radius in hundredths
-    sigma_25 = {p["step"]: p["value"] for p in histories["certified_accuracy_curve/sigma_0.25"]}
+    sigma_25 = {p["step"]: p["value"] for p in histories[f"{curve}sigma_0.25"]}
     assert sigma_25[30] == 0.5 and sigma_25[31] == 0.25 and sigma_25[61] == 0.0
+
+
+def chart_sections(names) -> list[str]:
+    """The MLflow UI's chart sections of these metric names, in the order it shows them: the name
+    up to its last "/", sorted; names without one go to "Model metrics", shown after the rest."""
+    sections = {name.rpartition("/")[0] or "Model metrics" for name in names}
+    return sorted(sections - {"Model metrics"}) + sorted(sections & {"Model metrics"})
+
+
+def test_the_report_metrics_come_after_the_training_curves_in_the_mlflow_ui():
+    table = summary_table(hand_made_results(), RADII, **INTERVALS)
+    report = metric_histories(table, curve_table(hand_made_results(), 1.0, **LEVEL))
+    assert all(name.startswith("report/") for name in report)
+    training = ["pretrain/train_loss", "cifar_pretrain/lr", "finetune/sigma_0.25/val_noisy_acc"]
+    sections = chart_sections([*training, *report])
+    assert sections[:3] == ["cifar_pretrain", "finetune/sigma_0.25", "pretrain"]
+    assert all(section.startswith("report/") for section in sections[3:])
+
+
+def test_the_summary_metrics_are_a_few_named_numbers_best_over_sigma():
+    table = summary_table(hand_made_results(), RADII, **INTERVALS)
+    summary = summary_metrics(table, [0.25, 1.0])
+    # best over sigma: sigma 0.5 certifies 3 of 4 images at r = 0.25 and 1 at r = 1; its ACR
+    # (0.625) and clean accuracy (0.75) are the larger of the two sigmas'
+    assert summary == {
+        "best/r_0.25": 0.75,
+        "best/r_1.00": 0.25,
+        "best/acr": pytest.approx(0.625),
+        "best/clean_accuracy": 0.75,
+    }
 
 
 def markdown_rows(text: str) -> list[list[str]]:
@@ -220,11 +253,11 @@ def test_samples_per_image_and_the_saving_against_n_max():
     assert flat["mean_samples/sigma_0.50"] == 500 and flat["saving/sigma_0.50"] == 20
     assert flat["median_samples/sigma_0.25"] == 650
     histories = metric_histories(table.reset_index(), curve_table(results, 1.0, **LEVEL))
-    assert histories["saving/sigma_0.50"] == {"value": 20.0, "step": 0}
+    assert histories["report/saving/sigma_0.50"] == {"value": 20.0, "step": 0}
     rows = markdown_rows(markdown_report(table.reset_index(), "toy", **INTERVALS))
     assert rows[0][-3:] == ["samples (mean)", "samples (median)", "saving"]
     assert rows[1][-3:] == ["1,325", "650", "7.5x"] and rows[3][-3:] == ["", "", ""]
-    assert "saving: n_max over their mean" in markdown_report(
+    assert "Saving: n_max over their mean" in markdown_report(
         table.reset_index(), "toy", **INTERVALS
     )
     # a table without n_max (fixed n, read from elsewhere) has the samples but no saving
@@ -232,12 +265,61 @@ def test_samples_per_image_and_the_saving_against_n_max():
     assert "mean_samples" in no_n_max and "saving" not in no_n_max
 
 
+def sequential(results: pd.DataFrame, estimation: list[str]) -> pd.DataFrame:
+    """``results`` (sorted by sigma, idx) as a certify run logs them: each image's estimation
+    kind, its samples n (0 where skipped) of n_max = 1000."""
+    results = results.sort_values(["sigma", "idx"]).assign(estimation=estimation, n_max=1000)
+    return results.assign(n=np.where(results["estimation"] == "skipped", 0, 500))
+
+
+def test_images_skipped_at_selection_are_counted_apart_from_abstentions():
+    """stop_at_selection logs a skipped image as predict -1, correct 0: not certified, but no
+    abstention of CERTIFY."""
+    results = hand_made_results()  # sigma 0.25: image 2 predicts -1; sigma 0.5: image 1
+    kinds = ["sequential"] * 8
+    kinds[1], kinds[2] = "skipped", "skipped"  # sigma 0.25: image 1 (wrong class) and image 2
+    results = sequential(results, kinds)
+    results.loc[(results["sigma"] == 0.25) & (results["idx"] == 1), ["predict", "radius"]] = -1, 0
+    results.loc[(results["sigma"] == 0.25) & (results["idx"] == 1), "correct"] = 0
+    table = summary_table(results, RADII, **INTERVALS).set_index("sigma")
+    assert list(table.columns[:5]) == [
+        "images", "clean_accuracy", "abstain_rate", "skip_rate", "acr"
+    ]  # fmt: skip
+    assert table.loc["0.25", ["abstain_rate", "skip_rate"]].tolist() == [0.0, 0.5]
+    assert table.loc["0.50", ["abstain_rate", "skip_rate"]].tolist() == [0.25, 0.0]
+    assert table.loc["0.25", "clean_accuracy"] == 0.25  # skipped images are not certified
+    flat = flat_metrics(table.reset_index())
+    assert flat["skip_rate/sigma_0.25"] == 0.5 and flat["abstain_rate/sigma_0.25"] == 0.0
+    histories = metric_histories(table.reset_index(), curve_table(results, 1.0, **LEVEL))
+    assert histories["report/skip_rate/sigma_0.25"] == {"value": 0.5, "step": 0}
+    text = markdown_report(table.reset_index(), "toy", **INTERVALS)
+    rows = markdown_rows(text)
+    assert rows[0][5:8] == ["ACR", "abstain (%)", "skipped (%)"]
+    assert rows[1][6:8] == ["0.0", "50.0"] and rows[2][6:8] == ["25.0", "0.0"]
+    assert "Skipped: images whose estimation stopped at selection" in " ".join(text.split())
+
+
+def test_fixed_n_results_show_no_columns_that_fixed_n_keeps_constant():
+    """Fixed-n CERTIFY draws n_max samples for every image and skips none: no samples, saving or
+    skip columns in the table, its metrics and the Markdown."""
+    results = sequential(hand_made_results(), ["fixed"] * 8).assign(n=1000)
+    table = summary_table(results, RADII, **INTERVALS)
+    assert list(table.columns[:5]) == ["sigma", "images", "clean_accuracy", "abstain_rate", "acr"]
+    assert not {"skip_rate", "mean_samples", "median_samples", "saving"} & set(table.columns)
+    assert table["abstain_rate"].tolist()[:2] == [0.25, 0.25]
+    header = markdown_rows(markdown_report(table, "toy", **INTERVALS))[0]
+    assert header[-3:] == ["ACR", "abstain (%)", "clean (%)"]
+    # sequential results keep them
+    kept = summary_table(sequential(hand_made_results(), ["sequential"] * 8), RADII, **INTERVALS)
+    assert {"skip_rate", "mean_samples", "median_samples", "saving"} <= set(kept.columns)
+
+
 def test_plot_has_a_curve_and_band_per_sigma_the_envelope_and_the_reference(tmp_path):
     curve = curve_table(hand_made_results(), 1.0, **LEVEL)
     figure = plot_curves(curve, "toy", REFERENCE, **LEVEL)
     axes = figure.axes[0]
     labels = [line.get_label() for line in axes.get_lines()]
-    assert labels == ["sigma = 0.25", "sigma = 0.50", "best over sigma"]
+    assert labels == ["sigma_0.25", "sigma_0.50", "best over sigma"]  # as in every table
     envelope = axes.get_lines()[2]
     assert envelope.get_linestyle() == "--" and envelope.get_ydata()[0] == 0.75
     *bands, published = axes.collections
@@ -275,8 +357,17 @@ def test_labels_keep_two_decimals_and_every_digit_needed():
     ]  # fmt: skip
 
 
+def test_the_summary_radii_are_radii_of_the_table():
+    params = {"dataset": "toy", "radii": [0.0, 0.5, 1.0]}
+    assert ReportParams.model_validate({**params, "summary_radii": [0.5]}).summary_radii == [0.5]
+    message = "report.summary_radii: expected radii of report.radii [0.0, 0.5, 1.0], got [0.25]"
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        ReportParams.model_validate({**params, "summary_radii": [0.25]})
+
+
 def test_the_interval_parameters_are_checked_and_default_to_95_percent():
-    params = ReportParams.model_validate({"dataset": "toy", "radii": [0.0]})
+    minimal = {"dataset": "toy", "radii": [0.0], "summary_radii": [0.0]}
+    params = ReportParams.model_validate(minimal)
     assert (params.confidence, params.bootstrap, params.bootstrap_seed) == (0.95, 2000, 0)
     for key, value, message in [
         ("confidence", 1.0, "report.confidence: Input should be less than 1, got 1.0"),
@@ -285,7 +376,7 @@ def test_the_interval_parameters_are_checked_and_default_to_95_percent():
         ("bootstrap_seed", -1, "report.bootstrap_seed: Input should be greater than or equal"),
     ]:
         with pytest.raises(ParamsError, match=re.escape(message)):
-            ReportParams.model_validate({"dataset": "toy", "radii": [0.0], key: value})
+            ReportParams.model_validate({**minimal, key: value})
 
 
 # --- the Clopper-Pearson interval -------------------------------------------------------------

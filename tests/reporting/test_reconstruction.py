@@ -22,7 +22,7 @@ def seeded() -> torch.Generator:
 
 def test_figure_renders_four_rows_and_keeps_training_mode(tiny):
     model = build_dmae("tiny", **tiny).train()
-    fig = reconstruction_figure(model, torch.rand(3, 3, 8, 8), seeded())
+    fig = reconstruction_figure(model, torch.rand(3, 3, 8, 8), "pretrain", seeded())
     assert model.training
     assert len(fig.axes) == 4 * 3
     assert all(len(ax.images) == 1 for ax in fig.axes)
@@ -31,9 +31,22 @@ def test_figure_renders_four_rows_and_keeps_training_mode(tiny):
     assert buf.getvalue().startswith(b"\x89PNG")
 
 
+def test_the_title_names_the_stage_and_the_models_sigma(tiny):
+    """pretrain and cifar_pretrain each draw one: their titles tell them apart."""
+    model = build_dmae("tiny", **tiny, sigma=0.25, mask_ratio=0.75)
+    titles = [
+        reconstruction_figure(model, torch.rand(1, 3, 8, 8), stage, seeded()).get_suptitle()
+        for stage in ("pretrain", "cifar_pretrain")
+    ]
+    assert titles == [
+        "pretrain: DMAE reconstruction (sigma_0.25, mask ratio 0.75)",
+        "cifar_pretrain: DMAE reconstruction (sigma_0.25, mask ratio 0.75)",
+    ]
+
+
 def test_grayscale_for_one_channel(tiny):
     model = build_dmae("tiny", **tiny, in_chans=1, mean=[0.5], std=[0.5])
-    fig = reconstruction_figure(model, torch.rand(2, 1, 16, 16), seeded())
+    fig = reconstruction_figure(model, torch.rand(2, 1, 16, 16), "pretrain", seeded())
     image = fig.axes[0].images[0]
     assert image.get_cmap().name == "gray"
     assert image.get_array().shape == (16, 16)

@@ -97,6 +97,16 @@ def test_rows_are_certificates_of_their_images(smooth, dataset, tmp_path, capsys
     ]
 
 
+def test_the_log_line_names_the_log_and_no_sigma_of_its_own(smooth, dataset, tmp_path, caplog):
+    """The pipelines name a log after its model (sigma_0.50-...): the line spells sigma no other
+    way."""
+    with caplog.at_level("INFO", logger="dmae_pipeline.smoothing.run"):
+        certify_dataset(smooth, dataset, range(3), FIXED, tmp_path / "sigma_0.50-log.tsv")
+    assert caplog.messages == [
+        f"Certifying 3 images (fixed-n CERTIFY), 0 done before, into {tmp_path}/sigma_0.50-log.tsv"
+    ]
+
+
 def test_resume_after_a_kill_gives_the_uninterrupted_file(smooth, dataset, tmp_path):
     uninterrupted = tmp_path / "uninterrupted.tsv"
     run(smooth, dataset, range(10), uninterrupted)

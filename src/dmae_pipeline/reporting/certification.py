@@ -1,10 +1,11 @@
 """Certification reports: summary tables, certified-accuracy curves, metrics and the plot.
 
 Everything starts from a certification table: one row per (sigma, image), with at least the
-columns ``sigma idx predict radius correct`` of the per-image logs; with their ``n`` (estimation
-samples) and ``n_max`` columns too, the reports show the samples spent per image. Accuracies are
-fractions in [0, 1] everywhere except the Markdown table, which shows percentages as the papers
-do.
+columns ``sigma idx predict radius correct`` of the per-image logs. With their ``estimation``
+column, the reports tell fixed-n from sequential CERTIFY: a sequential run's reports show the
+samples spent per image (from ``n`` and ``n_max``) and the images skipped at selection apart from
+the abstentions. Accuracies are fractions in [0, 1] everywhere except the Markdown table, which
+shows percentages as the papers do.
 
 Every certified accuracy comes with its Clopper-Pearson interval over the test images, and every
 ACR with a bootstrap (BCa) interval over them: they cover the choice of test images (each
@@ -34,10 +35,12 @@ from dmae_pipeline.smoothing import (
     best_over_sigma,
     certified_accuracy,
 )
+from dmae_pipeline.smoothing.log import FIXED, SKIPPED
 
 REQUIRED_COLUMNS = ("sigma", "idx", "predict", "radius", "correct")
 PER_SIGMA_COLUMNS = (
-    "clean_accuracy", "abstain_rate", "acr", "mean_samples", "median_samples", "saving",
+    "clean_accuracy", "abstain_rate", "skip_rate", "acr", "mean_samples", "median_samples",
+    "saving",
 )  # fmt: skip
 CI = ("ci_low", "ci_high")
 """The ends of an interval: ``<column>_ci_low`` in tables, ``<metric>/ci_low`` in metrics."""
@@ -148,31 +151,42 @@ def summary_table(
     """One row per sigma, then the best-over-sigma row.
 
     Columns: ``sigma`` (label), ``images``, ``clean_accuracy`` (CERTIFY's accuracy, abstentions
-    counted wrong: the certified accuracy at radius 0), ``abstain_rate``, ``acr`` (average
-    certified radius); if the results have ``n``, ``mean_samples`` and ``median_samples`` (the
-    estimation samples per image), and if also ``n_max``, ``saving`` (n_max / mean_samples: how
-    many times fewer samples than fixed-n CERTIFY at n = n_max); then ``r_<radius>`` certified
-    accuracies. The best row holds the envelope of the accuracies and leaves the per-sigma
-    columns empty. Then the intervals over the test images, at level ``confidence``:
-    ``acr_ci_low``, ``acr_ci_high`` (BCa bootstrap, ``resamples`` draws seeded by ``seed``, the
-    same draws of images for every sigma) and ``r_<radius>_ci_low``, ``r_<radius>_ci_high``
-    (Clopper-Pearson; on the best row, that of the count of the sigma chosen there).
+    and skipped images counted wrong: the certified accuracy at radius 0), ``abstain_rate`` (the
+    images CERTIFY abstained on); for sequential results, ``skip_rate`` (the images whose
+    estimation was skipped at selection, ``stop_at_selection``: not certified, no abstention);
+    ``acr`` (average certified radius); unless the results are fixed-n (every ``estimation`` is
+    ``fixed``: the samples are n_max for every image), if they have ``n``, ``mean_samples`` and
+    ``median_samples`` (the estimation samples per image), and if also ``n_max``, ``saving``
+    (n_max / mean_samples: how many times fewer samples than fixed-n CERTIFY at n = n_max); then
+    ``r_<radius>`` certified accuracies. The best row holds the envelope of the accuracies and
+    leaves the per-sigma columns empty. Then the intervals over the test images, at level
+    ``confidence``: ``acr_ci_low``, ``acr_ci_high`` (BCa bootstrap, ``resamples`` draws seeded by
+    ``seed``, the same draws of images for every sigma) and ``r_<radius>_ci_low``,
+    ``r_<radius>_ci_high`` (Clopper-Pearson; on the best row, that of the count of the sigma
+    chosen there).
     """
     results = check_results(results)
+    logged = "estimation" in results  # as the certify pipeline's logs have it
+    fixed = logged and bool((results["estimation"] == FIXED).all())
     rows, curves = [], []
     for sigma, group in results.groupby("sigma", sort=True):
         radius, correct = group["radius"].to_numpy(), group["correct"].to_numpy()
         curve = certified_accuracy(radius, correct, radii)
         curves.append(curve)
         acr_ci = bootstrap_mean(radius * correct, confidence, resamples, seed)
+        skipped = (
+            (group["estimation"] == SKIPPED).to_numpy() if logged else np.zeros(len(group), bool)
+        )
+        abstained = (group["predict"].to_numpy() == Smooth.ABSTAIN) & ~skipped
         rows.append(
             {
                 "sigma": format_value(sigma),
                 "images": len(group),
                 "clean_accuracy": float(np.mean(correct)),
-                "abstain_rate": float(np.mean(group["predict"].to_numpy() == Smooth.ABSTAIN)),
+                "abstain_rate": float(np.mean(abstained)),
+                **({"skip_rate": float(np.mean(skipped))} if logged and not fixed else {}),
                 "acr": average_certified_radius(radius, correct),
-                **_samples(group),
+                **({} if fixed else _samples(group)),
                 **{radius_column(r): a for r, a in zip(radii, curve, strict=True)},
                 **dict(zip(ci_columns("acr"), acr_ci, strict=True)),
             }
@@ -259,34 +273,60 @@ def _with_interval(row: Mapping[str, Any], column: str) -> Iterator[tuple[str, f
 
 
 def flat_metrics(table: pd.DataFrame) -> dict[str, float]:
-    """The summary table as flat metrics (for ``dvc metrics``): ``sigma_0.25/r_0.50``,
+    """The whole summary table as flat metrics (certified_accuracy.json): ``sigma_0.25/r_0.50``,
     ``best/r_0.50``, each with its interval (``best/r_0.50/ci_low``, ``.../ci_high``),
     ``acr/sigma_0.25`` (and ``acr/sigma_0.25/ci_low``, ``.../ci_high``),
     ``abstain_rate/sigma_0.25``, ``clean_accuracy/sigma_0.25`` and, if the table has them,
-    ``mean_samples/sigma_0.25``, ``median_samples/sigma_0.25``, ``saving/sigma_0.25``."""
+    ``skip_rate/sigma_0.25``, ``mean_samples/sigma_0.25``, ``median_samples/sigma_0.25``,
+    ``saving/sigma_0.25``."""
     return {
         name if group == "certified_accuracy" else f"{group}/{name}": value
         for group, name, value in _scalar_metrics(table)
     }
 
 
-def metric_histories(table: pd.DataFrame, curve: pd.DataFrame) -> dict[str, Any]:
-    """Metrics for an MLflow run, as kedro-mlflow's MlflowMetricsHistoryDataset takes them.
+def summary_metrics(table: pd.DataFrame, radii: Sequence[float]) -> dict[str, float]:
+    """A few named numbers of the summary table, for ``dvc metrics`` and ``dvc exp show``:
+    ``best/r_<radius>``, the best-over-sigma certified accuracy at each of ``radii`` (columns of
+    the table), then ``best/acr`` and ``best/clean_accuracy``, the largest over sigma."""
+    best = table.set_index("sigma").loc[BEST]
+    per_sigma = table[table["sigma"] != BEST]
+    return {
+        **{f"{BEST}/{radius_column(r)}": float(best[radius_column(r)]) for r in radii},
+        f"{BEST}/acr": float(per_sigma["acr"].max()),
+        f"{BEST}/clean_accuracy": float(per_sigma["clean_accuracy"].max()),
+    }
 
-    Scalars (step 0): ``certified_accuracy/sigma_0.25/r_0.50``, ``certified_accuracy/best/r_0.50``,
-    each with its interval (``certified_accuracy/best/r_0.50/ci_low``, ``.../ci_high``),
-    ``acr/sigma_0.25`` (and ``acr/sigma_0.25/ci_low``, ``.../ci_high``), ``abstain_rate/...``,
-    ``clean_accuracy/...`` and, if the table has them, ``mean_samples/...``,
-    ``median_samples/...``, ``saving/...``. Each curve is a history,
-    ``certified_accuracy_curve/sigma_0.25`` (and ``/best``), whose step is the radius in units of
-    RADIUS_UNIT (hundredths), so the MLflow UI draws it against the radius.
+
+MLFLOW_PREFIX = "report/"
+"""Every MLflow metric of the report starts with this: the MLflow UI groups charts by the name up
+to its last "/" and sorts the groups by name, so the report's one-point bars come after the
+training curves (``pretrain/...``, ``finetune/...``)."""
+CURVE_METRIC = f"{MLFLOW_PREFIX}certified_accuracy_vs_radius_x100"
+"""The curves' metric histories, ``<CURVE_METRIC>/sigma_0.25``: their step is the radius times
+100 (in RADIUS_UNITs), as the name says, since the MLflow UI labels the axis "Step"."""
+
+
+def metric_histories(table: pd.DataFrame, curve: pd.DataFrame) -> dict[str, Any]:
+    """Metrics for an MLflow run, as kedro-mlflow's MlflowMetricsHistoryDataset takes them, every
+    name under ``report/``.
+
+    Scalars (step 0): ``report/certified_accuracy/sigma_0.25/r_0.50``,
+    ``report/certified_accuracy/best/r_0.50``, each with its interval
+    (``report/certified_accuracy/best/r_0.50/ci_low``, ``.../ci_high``), ``report/acr/sigma_0.25``
+    (and ``report/acr/sigma_0.25/ci_low``, ``.../ci_high``), ``report/abstain_rate/...``,
+    ``report/clean_accuracy/...`` and, if the table has them, ``report/skip_rate/...``,
+    ``report/mean_samples/...``, ``report/median_samples/...``, ``report/saving/...``. Each curve
+    is a history, ``report/certified_accuracy_vs_radius_x100/sigma_0.25`` (and ``/best``), whose
+    step is the radius in units of RADIUS_UNIT (hundredths), so the MLflow UI draws it against
+    the radius.
     """
     metrics: dict[str, Any] = {
-        f"{group}/{name}": {"value": value, "step": 0}
+        f"{MLFLOW_PREFIX}{group}/{name}": {"value": value, "step": 0}
         for group, name, value in _scalar_metrics(table)
     }
     for label, group in curve.groupby("sigma", sort=False):
-        metrics[f"certified_accuracy_curve/{curve_name(label)}"] = [
+        metrics[f"{CURVE_METRIC}/{curve_name(label)}"] = [
             {"value": float(a), "step": round(r / RADIUS_UNIT)}
             for r, a in zip(group["radius"], group["certified_accuracy"], strict=True)
         ]
@@ -341,20 +381,28 @@ def markdown_report(
             "clean (%)": table["clean_accuracy"].map(_percent),
         }
     )
-    note = ""
+    notes = []
+    if "skip_rate" in table:
+        notes.append(
+            "Skipped: images whose estimation stopped at selection (stop_at_selection): not "
+            "certified, and no abstention."
+        )
+        skipped = table["skip_rate"].map(_percent)
+        shown.insert(shown.columns.get_loc("abstain (%)") + 1, "skipped (%)", skipped)
     if "mean_samples" in table:
-        note = " Samples: estimation samples per image"
+        notes.append("Samples: estimation samples per image.")
         shown["samples (mean)"] = _formatted(table["mean_samples"], "{:,.0f}")
         shown["samples (median)"] = _formatted(table["median_samples"], "{:,.0f}")
     if "saving" in table:
-        note += "; saving: n_max over their mean, against fixed-n CERTIFY at n = n_max"
+        notes.append("Saving: n_max over their mean, against fixed-n CERTIFY at n = n_max.")
         shown["saving"] = _formatted(table["saving"], "{:.1f}x")
+    note = "".join(f" {n}" for n in notes)
     text = (
         f"# Certified accuracy: {dataset}\n\n"
         f"Certified accuracy (%) of the smoothed classifier at L2 radius r, in [0, 1] pixel units, "
         f"on {images} test images; **best** is the best over sigma at each "
         "radius. ACR: average certified radius. Clean: the smoothed classifier's accuracy "
-        f"(abstentions count as errors).{note + '.' if note else ''}\n\n"
+        f"(abstentions count as errors).{note}\n\n"
         f"In brackets, {level(confidence)} intervals over the test images: for a certified "
         f"accuracy the Clopper-Pearson (exact binomial) interval of its count out of {images}, "
         f"for ACR the BCa bootstrap ({resamples:,} resamples of the images, seed {seed}). "
@@ -411,7 +459,7 @@ def plot_curves(
             group["radius"],
             group["certified_accuracy"],
             where="post",
-            label="best over sigma" if envelope else f"sigma = {label}",
+            label="best over sigma" if envelope else curve_name(label),
             color="black" if envelope else None,
             linestyle="--" if envelope else "-",
             linewidth=2.2 if envelope else 1.5,

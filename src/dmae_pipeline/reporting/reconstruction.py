@@ -10,6 +10,7 @@ from dmae_pipeline.models import DMAE
 from dmae_pipeline.models.dmae import norm_pix_stats
 from dmae_pipeline.models.preprocess import denormalize
 from dmae_pipeline.models.weights import unwrap
+from dmae_pipeline.reporting.names import sigma_label
 
 PANELS = ("clean", "noisy + masked", "reconstruction\n+ visible", "reconstruction")
 """The rows of :func:`reconstruction_panels`, in order."""
@@ -55,10 +56,11 @@ def reconstruction_panels(
 
 
 def reconstruction_figure(
-    model: DMAE, imgs: torch.Tensor, generator: torch.Generator | None = None
+    model: DMAE, imgs: torch.Tensor, stage: str, generator: torch.Generator | None = None
 ) -> Figure:
     """A 4-row figure, one column per image in ``imgs`` ([k, C, h, w] in [0, 1], native
-    resolution): the rows of ``reconstruction_panels``; grayscale for one channel."""
+    resolution): the rows of ``reconstruction_panels``; grayscale for one channel. Its title
+    names the training ``stage`` (e.g. pretrain) and the model's sigma and mask ratio."""
     panels = reconstruction_panels(model, imgs, generator)
     rows, k = panels.shape[:2]
     fig = Figure(figsize=(1.6 * k, 1.6 * rows + 0.4), layout="constrained")
@@ -75,7 +77,6 @@ def reconstruction_figure(
             ax.set_yticks([])
         axes[r, 0].set_ylabel(PANELS[r], fontsize=8)
     m = unwrap(model)
-    fig.suptitle(
-        f"DMAE reconstruction (sigma={m.sigma:g}, mask ratio={m.mask_ratio:g})", fontsize=9
-    )
+    title = f"{stage}: DMAE reconstruction ({sigma_label(m.sigma)}, mask ratio {m.mask_ratio:g})"
+    fig.suptitle(title, fontsize=9)
     return fig

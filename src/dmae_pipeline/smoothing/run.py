@@ -214,8 +214,8 @@ def certify_dataset(
         done |= {idx for path in others for idx in read_log(path)["idx"].tolist()}
         pending = [i for i in indices if i not in done]
         logger.info(
-            "Certifying %d images (%s CERTIFY, sigma %g), %d done before, into %s",
-            *(len(pending), "fixed-n" if settings.radii is None else "sequential", smooth.sigma),
+            "Certifying %d images (%s CERTIFY), %d done before, into %s",
+            *(len(pending), "fixed-n" if settings.radii is None else "sequential"),
             *(len(indices) - len(pending), log_path),
         )
         bar = tqdm(total=len(pending), unit="img", desc=log_path.name, disable=not progress)

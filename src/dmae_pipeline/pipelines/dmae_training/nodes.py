@@ -15,6 +15,7 @@ from dmae_pipeline.data import SplitDataset, build_transform
 from dmae_pipeline.io import state_digest
 from dmae_pipeline.models import DMAE, build_dmae, check_architecture, cpu_state
 from dmae_pipeline.params import CifarPretrainParams, PretrainParams
+from dmae_pipeline.reporting.names import sigma_label
 from dmae_pipeline.reporting.reconstruction import reconstruction_figure
 from dmae_pipeline.training import Stream, derive_seed
 from dmae_pipeline.training_stages import (
@@ -64,11 +65,11 @@ def train_dmae(
     transform = build_transform(dataset_spec, train=True, augment=params.augment.transform_args())
     train_set = SplitDataset(train_split, transform)
     logger.info(
-        "%s: DMAE %s (%.2fM parameters, sigma %g, mask ratio %g) from %s on %d images",
+        "%s: DMAE %s (%.2fM parameters, %s, mask ratio %g) from %s on %d images",
         params.block,
         config["preset"],
         sum(p.numel() for p in model.parameters()) / 1e6,
-        model.sigma,
+        sigma_label(model.sigma),
         model.mask_ratio,
         source,
         len(train_set),
@@ -100,7 +101,7 @@ def train_dmae(
     generator = torch.Generator().manual_seed(derive_seed(params.train.seed, Stream.FIGURE))
     state = cpu_state(model)
     checkpoint = {"model": state, "config": model.config, "epoch": history[-1]["epoch"]}
-    return checkpoint, state, reconstruction_figure(model, images, generator)
+    return checkpoint, state, reconstruction_figure(model, images, params.block, generator)
 
 
 def dmae_loss(model: DMAE, batch: tuple, generator: torch.Generator) -> torch.Tensor:

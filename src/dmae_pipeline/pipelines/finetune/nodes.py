@@ -25,7 +25,7 @@ from dmae_pipeline.data import SplitDataset, build_transform
 from dmae_pipeline.io import state_digest
 from dmae_pipeline.models import build_classifier, check_architecture, cpu_state
 from dmae_pipeline.params import FinetuneParams
-from dmae_pipeline.reporting.names import sigma_label
+from dmae_pipeline.reporting.names import format_value, sigma_label
 from dmae_pipeline.training import (
     accuracy_evaluator,
     check_run_dir,
@@ -51,7 +51,8 @@ def finetune_classifiers(
     """Finetune one classifier per sigma; keep each at its best noisy validation accuracy.
 
     Returns the partitions ``sigma_<sigma>`` -> {"model", "config", "sigma", "epoch", "val",
-    "init"} and the validation table (sigma, epoch, clean_acc, noisy_acc of the kept epochs).
+    "init"} and the validation table (sigma as the tables write it, "0.50"; epoch, clean_acc,
+    noisy_acc of the kept epochs).
     Every run folder is checked before the first run starts. The test split is not an input.
     """
     checkpoints = {"pretrain": pretrained_model, "cifar_pretrain": cifar_pretrained_model}
@@ -116,7 +117,7 @@ def finetune_classifiers(
             "val": val,
             "init": params.init,
         }
-        rows.append({"sigma": loss["sigma"], "epoch": epoch, **val})
+        rows.append({"sigma": format_value(loss["sigma"]), "epoch": epoch, **val})
     return partitions, pd.DataFrame(rows, columns=COLUMNS)
 
 

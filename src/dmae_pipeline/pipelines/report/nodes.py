@@ -51,11 +51,15 @@ def write_markdown_report(certified_accuracy_table: pd.DataFrame, report: Report
 
 
 def collect_certification_metrics(
-    certified_accuracy_table: pd.DataFrame, certified_accuracy_curve: pd.DataFrame
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """Flat metrics for DVC, and the same numbers plus every curve as MLflow metric histories."""
+    certified_accuracy_table: pd.DataFrame,
+    certified_accuracy_curve: pd.DataFrame,
+    report: ReportParams,
+) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+    """The whole table as flat metrics, its summary at ``report.summary_radii`` for DVC, and the
+    table's numbers plus every curve as MLflow metric histories (under ``report/``)."""
     return (
         tables.flat_metrics(certified_accuracy_table),
+        tables.summary_metrics(certified_accuracy_table, report.summary_radii),
         tables.metric_histories(certified_accuracy_table, certified_accuracy_curve),
     )
 

@@ -1,6 +1,6 @@
 """report: certification_results, params:report -> certified-accuracy table (CSV, Markdown),
-curves (CSV), plot (PNG) and metrics (JSON for DVC, MLflow metrics and curve histories), every
-certified accuracy and ACR with its interval over the test images."""
+curves (CSV), plot (PNG) and metrics (the whole table and a summary for DVC as JSON, MLflow metrics
+and curve histories), every certified accuracy and ACR with its interval over the test images."""
 
 from kedro.pipeline import Pipeline, node
 
@@ -36,8 +36,12 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 collect_certification_metrics,
-                inputs=["certified_accuracy_table", "certified_accuracy_curve"],
-                outputs=["certified_accuracy_metrics", "certified_accuracy_mlflow_metrics"],
+                inputs=["certified_accuracy_table", "certified_accuracy_curve", "params:report"],
+                outputs=[
+                    "certified_accuracy_metrics",
+                    "certified_accuracy_summary",
+                    "certified_accuracy_mlflow_metrics",
+                ],
                 name="collect_certification_metrics",
             ),
             node(
