@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from project_copy import copy_project  # noqa: E402
+from project_copy import copy_project
 
 LOAD = [sys.executable, "-c", "while True: pass"]
 

@@ -327,11 +327,16 @@ def missing_data(name: str, stage: dict[str, Any]) -> list[str]:
 
 def test_there_is_one_stage_per_pipeline_and_it_runs_that_pipeline_on_the_base_env():
     """Pinning --env keeps KEDRO_ENV (and conf/local) from changing what a stage runs: DVC
-    tracks conf/base only."""
+    tracks conf/base only. scripts/kedro finds Kedro with or without the venv activated."""
     stages = dvc_stages()
     assert sorted(stages) == STAGES
     for name, stage in stages.items():
-        assert shlex.split(stage["cmd"]) == ["kedro", "run", "--env=base", f"--pipelines={name}"]
+        assert shlex.split(stage["cmd"]) == [
+            "scripts/kedro",
+            "run",
+            "--env=base",
+            f"--pipelines={name}",
+        ]
 
 
 @pytest.mark.parametrize("name", STAGES)
