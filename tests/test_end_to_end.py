@@ -133,7 +133,7 @@ def test_certify_reruns_resume_the_kept_logs_and_ignore_the_batch_size(chain):
     assert ran_stages(sh("dvc", "repro", cwd=chain)) == ["publish"]
     path = chain / "conf/base/parameters_report.yml"
     params = yaml.safe_load(path.read_text())
-    params["report"]["radii"].append(0.05)
+    params["report"]["radii"] = sorted({*params["report"]["radii"], 0.05})
     path.write_text(yaml.safe_dump(params))
     with (chain / "src/dmae_pipeline/smoothing/core.py").open("a") as f:
         f.write("# edited\n")
