@@ -222,9 +222,37 @@ def is_parameter(dataset: str) -> bool:
     return dataset == "parameters" or dataset.startswith("params:")
 
 
+def parameter_keys(pipeline) -> set[str]:
+    """The parameters ``pipeline`` reads, as dotted keys (a block, or a key inside one)."""
+    keys = {d.removeprefix("params:") for d in pipeline.inputs() if is_parameter(d)}
+    return set(parameters()) if "parameters" in keys else keys
+
+
 def parameter_blocks(pipeline) -> set[str]:
-    blocks = {d.removeprefix("params:").split(".")[0] for d in pipeline.inputs() if is_parameter(d)}
-    return set(parameters()) if "parameters" in blocks else blocks
+    return {key.split(".")[0] for key in parameter_keys(pipeline)}
+
+
+# Parameters that change no output of a stage, which must then not depend on them: the batch size
+# only schedules certification's forward passes (the log fingerprint leaves it out), so changing
+# it resumes the logs rather than rerunning the stage.
+NEUTRAL = {"certify": {"certify.batch_size"}}
+# Folders of resumable state that a stage keeps across reruns (a ``persist`` output of its own):
+# each certification log is named after the fingerprint of what its rows depend on, so a rerun
+# resumes only the logs it would write and starts others.
+PERSISTENT = {"certify.log_dir"}
+
+
+def params_missing(key: str, listed: list[str] | None, neutral: set[str]) -> bool:
+    """Whether the keys ``listed`` for a params file (None: the whole file) miss ``key``: neither
+    it nor a block above it is listed, nor, for a block, every key of it but the ``neutral``."""
+    if listed is None or any(key == k or key.startswith(f"{k}.") for k in listed):
+        return False
+    values = parameters()[key][1] if key in parameters() else None
+    if not isinstance(values, dict):
+        return True
+    return any(
+        params_missing(f"{key}.{k}", listed, neutral) for k in values if f"{key}.{k}" not in neutral
+    )
 
 
 def missing_code(name: str, stage: dict[str, Any]) -> list[str]:
@@ -248,13 +276,23 @@ def missing_conf(name: str, stage: dict[str, Any]) -> list[str]:
     files |= set(conf_files("globals"))
     deps, params = entries(stage, "deps"), entries(stage, "params")
     missing = [relative(f) for f in sorted(files) if relative(f) not in deps]
-    blocks = parameters()
-    for block in sorted(parameter_blocks(pipeline)):
+    blocks, neutral = parameters(), NEUTRAL.get(name, set())
+    for key in sorted(parameter_keys(pipeline)):
+        block = key.split(".")[0]
         file = relative(blocks[block][0]) if block in blocks else None
-        keys = params.get(file)  # None: the whole file
-        if file not in params or (keys and block not in keys):
-            missing.append(f"params {block}")
+        if file not in params or params_missing(key, params[file], neutral):
+            missing.append(f"params {key}")
     return missing
+
+
+def neutral_params(name: str, stage: dict[str, Any]) -> list[str]:
+    """The parameters that change no output of stage ``name`` but that it depends on."""
+    listed = {k for keys in entries(stage, "params").values() for k in keys or [None]}
+    return sorted(
+        key
+        for key in NEUTRAL.get(name, set())
+        if None in listed or any(key == k or key.startswith(f"{k}.") for k in listed if k)
+    )
 
 
 def missing_data(name: str, stage: dict[str, Any]) -> list[str]:
@@ -272,11 +310,14 @@ def missing_data(name: str, stage: dict[str, Any]) -> list[str]:
         for dataset in sorted(d for d in datasets if not is_parameter(d)):
             for _, entry in catalog_entries_for(dataset, entries_):
                 missing += [f"{kind} {p}" for p in data_paths(entry) if not covered(p, roots)]
-    cleared = [path for path, options in outs.items() if not (options or {}).get("persist")]
+    kept = [path for path, options in outs.items() if (options or {}).get("persist")]
+    cleared = [path for path in outs if path not in kept]
     blocks = parameters()
     for block in sorted(parameter_blocks(pipeline) & {name}):
         for key, path in dir_parameters(blocks.get(block, (None, None))[1], block).items():
-            if not covered(path, cleared):
+            if key in PERSISTENT and path not in kept:
+                missing.append(f"persistent outs {key}={path}")
+            elif key not in PERSISTENT and not covered(path, cleared):
                 missing.append(f"cleared outs {key}={path}")
     return missing
 
@@ -286,11 +327,16 @@ def missing_data(name: str, stage: dict[str, Any]) -> list[str]:
 
 def test_there_is_one_stage_per_pipeline_and_it_runs_that_pipeline_on_the_base_env():
     """Pinning --env keeps KEDRO_ENV (and conf/local) from changing what a stage runs: DVC
-    tracks conf/base only."""
+    tracks conf/base only. scripts/kedro finds Kedro with or without the venv activated."""
     stages = dvc_stages()
     assert sorted(stages) == STAGES
     for name, stage in stages.items():
-        assert shlex.split(stage["cmd"]) == ["kedro", "run", "--env=base", f"--pipelines={name}"]
+        assert shlex.split(stage["cmd"]) == [
+            "scripts/kedro",
+            "run",
+            "--env=base",
+            f"--pipelines={name}",
+        ]
 
 
 @pytest.mark.parametrize("name", STAGES)
@@ -305,14 +351,22 @@ def test_stage_depends_on_its_catalog_files_and_parameter_blocks(name):
 
 @pytest.mark.parametrize("name", STAGES)
 def test_stage_declares_what_it_reads_and_writes_and_dvc_clears_its_run_state(name):
-    """Resumable state (training runs, certification logs) lives inside an output that DVC
-    removes before a rerun: a stage rerun for a code change must not resume a finished run."""
+    """Training runs live inside an output that DVC removes before a rerun: a stage rerun for a
+    code change must not resume a finished run. Certification logs are an output of their own
+    that DVC keeps: their fingerprint decides what a rerun resumes."""
     assert missing_data(name, dvc_stages()[name]) == []
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_stage_does_not_depend_on_what_changes_none_of_its_outputs(name):
+    """A new certify.batch_size must not send `dvc repro` through certification again."""
+    assert neutral_params(name, dvc_stages()[name]) == []
 
 
 # A deliberately wrong dvc.yaml: the certify stage as it once was, listing smoothing/ but not the
 # transforms, the classifier or the file helpers it runs, nor the data_prep and finetune catalog
-# files that define its inputs, with persistent (resumable) logs.
+# files that define its inputs, depending on the batch size and on no radii, and with logs that DVC
+# deletes before every rerun.
 OLD_CERTIFY = {
     "cmd": "kedro run --pipelines=certify",
     "deps": [
@@ -325,7 +379,7 @@ OLD_CERTIFY = {
     ],
     "params": [{"conf/base/parameters_certify.yml": ["certify"]}],
     "outs": [
-        {"data/07_model_output/certify": {"persist": True}},
+        "data/07_model_output/certify",
         "data/07_model_output/certification_results.csv",
     ],
 }
@@ -339,12 +393,22 @@ def test_the_checks_catch_what_the_old_certify_stage_missed():
     assert not any(f.startswith("src/dmae_pipeline/smoothing/") for f in code)
     conf = missing_conf("certify", OLD_CERTIFY)
     assert {"conf/base/catalog_data_prep.yml", "conf/base/catalog_finetune.yml"} <= set(conf)
+    assert {"params report.radii", "params finetune.sigmas"} <= set(conf)
     assert "conf/base/catalog_certify.yml" not in conf
+    assert "params certify" not in conf
     assert missing_data("certify", OLD_CERTIFY) == [
-        "cleared outs certify.log_dir=data/07_model_output/certify"
+        "persistent outs certify.log_dir=data/07_model_output/certify"
     ]
-    params = {**OLD_CERTIFY, "params": [{"conf/base/parameters_certify.yml": ["certify.n"]}]}
-    assert "params certify" in missing_conf("certify", params)
+    assert neutral_params("certify", OLD_CERTIFY) == ["certify.batch_size"]
+    stage = dvc_stages()["certify"]
+    keys = entries(stage, "params")["conf/base/parameters_certify.yml"]
+    for short in [["certify.n"], [k for k in keys if k != "certify.mode"]]:
+        params = {**OLD_CERTIFY, "params": [{"conf/base/parameters_certify.yml": short}]}
+        assert "params certify" in missing_conf("certify", params)
+    outs = {**OLD_CERTIFY, "outs": [{"data/07_model_output": {"persist": True}}]}
+    assert "persistent outs certify.log_dir=data/07_model_output/certify" in missing_data(
+        "certify", outs
+    )
 
 
 def test_lazy_and_relative_imports_are_followed(tmp_path):

@@ -17,7 +17,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 from kedro.config import OmegaConfigLoader
@@ -65,6 +64,7 @@ def chain(tmp_path_factory) -> Path:
         shutil.copy(PROJECT_ROOT / name, project / name)
     shutil.copytree(PROJECT_ROOT / ".dvc", project / ".dvc", ignore=shutil.ignore_patterns("tmp"))
     shutil.copytree(PROJECT_ROOT / "src", project / "src", dirs_exist_ok=True)
+    shutil.copytree(PROJECT_ROOT / "scripts", project / "scripts")
     sh("git", "init", "-q", cwd=project)
     sh("git", "add", "-A", cwd=project)
     sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy", cwd=project)
@@ -114,27 +114,83 @@ def test_finetune_parameter_change_reruns_only_downstream_from_scratch(chain):
     assert ran_stages(sh("dvc", "repro", cwd=chain)) == ["finetune", "certify", "report", "publish"]
 
 
-def certification_logs(project: Path) -> dict[str, pd.DataFrame]:
+def certification_logs(project: Path) -> dict[str, bytes]:
     logs = sorted((project / "data/07_model_output/certify").glob("*.tsv"))
-    return {path.name: pd.read_csv(path, sep="\t") for path in logs}
+    return {path.name: path.read_bytes() for path in logs}
 
 
-def test_code_change_recertifies_instead_of_resuming_the_logs(chain):
-    """A resumed log would keep the forged radii that `dvc commit` recorded as the output."""
+def test_certify_reruns_resume_the_kept_logs_and_ignore_the_batch_size(chain):
+    """DVC keeps the logs (persist) and their fingerprint decides: a rerun for a code change or
+    a new fixed-mode radius certifies nothing again, and a new batch size reruns no certification
+    (publish serves with it)."""
     logs = certification_logs(chain)
     assert logs
-    for name, log in logs.items():
-        log.assign(radius=123.0).to_csv(
-            chain / "data/07_model_output/certify" / name, sep="\t", index=False
-        )
-    sh("dvc", "commit", "--force", "certify", cwd=chain)
+    path = chain / "conf/base/parameters_certify.yml"
+    params = yaml.safe_load(path.read_text())
+    assert params["certify"]["mode"] == "fixed"
+    params["certify"]["batch_size"] += 1
+    path.write_text(yaml.safe_dump(params))
+    assert ran_stages(sh("dvc", "repro", cwd=chain)) == ["publish"]
+    path = chain / "conf/base/parameters_report.yml"
+    params = yaml.safe_load(path.read_text())
+    params["report"]["radii"] = sorted({*params["report"]["radii"], 0.05})
+    path.write_text(yaml.safe_dump(params))
     with (chain / "src/dmae_pipeline/smoothing/core.py").open("a") as f:
         f.write("# edited\n")
     assert ran_stages(sh("dvc", "repro", cwd=chain)) == ["certify", "report", "publish"]
-    redone = certification_logs(chain)
-    assert redone.keys() == logs.keys()
-    for name, log in logs.items():
-        pd.testing.assert_frame_equal(redone[name].drop(columns="time"), log.drop(columns="time"))
+    assert certification_logs(chain) == logs  # byte for byte, times included: all resumed
+
+
+def set_report_parameter(project: Path, key: str, value) -> None:
+    path = project / "conf/base/parameters_report.yml"
+    params = yaml.safe_load(path.read_text())
+    params["report"][key] = value
+    path.write_text(yaml.safe_dump(params))
+
+
+def test_dvc_commit_after_kedro_run_records_it_and_repro_reruns_nothing(chain):
+    """A clone has no dvc.lock: `kedro run` then `dvc commit -f` makes every stage done."""
+    (chain / "dvc.lock").unlink()
+    set_report_parameter(chain, "confidence", 0.9)
+    sh("kedro", "run", "--pipelines=report", cwd=chain)
+    assert "Data and pipelines are up to date" not in sh("dvc", "status", cwd=chain)
+    sh("dvc", "commit", "--force", cwd=chain)
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=chain)
+    assert ran_stages(sh("dvc", "repro", cwd=chain)) == []
+
+
+def repro_without_kedro(project: Path, *targets: str) -> subprocess.CompletedProcess:
+    """`dvc repro` from a shell that did not activate the virtual environment: no kedro on PATH."""
+    path = [p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "kedro").exists()]
+    env = {**os.environ, "PATH": os.pathsep.join(path)}
+    command = [BIN / "dvc", "repro", *targets]
+    return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+
+
+def test_dvc_repro_finds_kedro_in_the_projects_venv_without_activating_it(chain):
+    venv = chain / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "kedro").symlink_to(BIN / "kedro")
+    try:
+        set_report_parameter(chain, "confidence", 0.8)
+        done = repro_without_kedro(chain)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert ran_stages(done.stdout) == ["report", "publish"]
+    finally:
+        shutil.rmtree(chain / ".venv")
+
+
+def test_dvc_repro_without_kedro_says_what_to_do_and_checkout_restores_the_outputs(chain):
+    report = chain / "data/08_reporting/certified_accuracy.md"
+    before = report.read_bytes()
+    set_report_parameter(chain, "confidence", 0.7)
+    done = repro_without_kedro(chain, "report")
+    assert done.returncode != 0
+    assert "kedro not found on PATH nor in .venv: activate" in done.stdout + done.stderr
+    set_report_parameter(chain, "confidence", 0.8)
+    sh("dvc", "checkout", cwd=chain)
+    assert report.read_bytes() == before
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=chain)
 
 
 def test_a_clone_pulls_every_output_and_has_nothing_to_rerun(chain, tmp_path):

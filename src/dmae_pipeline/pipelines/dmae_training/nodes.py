@@ -39,11 +39,12 @@ def continue_pretraining(
     dataset_spec: dict[str, Any],
     train_split: dict[str, Any],
     pretrained_model: dict[str, Any] | None,
-    params: CifarPretrainParams,
+    params: CifarPretrainParams | None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], Figure]:
     """cifar_pretrain: from the pretrain checkpoint or a released DMAE file
     (``cifar_pretrain.init``), on the downstream data at its native resolution (upsampled to the
-    model's after the noise)."""
+    model's after the noise). ``params`` is None where an env leaves the block out (ImageNet):
+    kedro viz validates every registered pipeline's blocks, and a run stops before this node."""
     return train_dmae(dataset_spec, train_split, params, {"pretrain": pretrained_model})
 
 
