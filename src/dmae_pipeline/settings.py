@@ -7,7 +7,14 @@ from omegaconf.resolvers import oc
 
 from dmae_pipeline import distributed
 from dmae_pipeline.catalog import DistributedCatalog
-from dmae_pipeline.hooks import DistributedHook, MlflowRunTagsHook, ParamsHook, TrackingHook
+from dmae_pipeline.hooks import (
+    DistributedHook,
+    MlflowRunTagsHook,
+    OutputLockHook,
+    ParamsHook,
+    RunSummaryHook,
+    TrackingHook,
+)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
@@ -26,7 +33,14 @@ DATA_CATALOG_CLASS = DistributedCatalog
 # that one torchrun invocation is one MLflow run and no file is written twice.
 if distributed.is_main():
     DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)
-    HOOKS = (DistributedHook(), ParamsHook(), TrackingHook(), MlflowRunTagsHook())
+    HOOKS = (
+        DistributedHook(),
+        ParamsHook(),
+        OutputLockHook(),
+        TrackingHook(),
+        MlflowRunTagsHook(),
+        RunSummaryHook(),
+    )
 else:
     DISABLE_HOOKS_FOR_PLUGINS = tuple(
         sorted({e.dist.name for e in entry_points(group="kedro.hooks")})

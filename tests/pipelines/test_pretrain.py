@@ -147,7 +147,9 @@ def test_a_second_run_on_the_same_run_folder_stops_at_once(project):
     stamp = (project / MODELS / "run/last.pt").stat().st_mtime_ns
     try:
         assert ready.wait(60)
-        with pytest.raises(LockedError, match=rf"pid {holder.pid}\) is using the training run"):
+        with pytest.raises(
+            LockedError, match=rf"pid {holder.pid} on .+, `.+`\) is using the training run"
+        ):
             run_kedro(project, "pretrain", "test")
     finally:
         release.set()
