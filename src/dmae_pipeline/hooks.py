@@ -34,7 +34,7 @@ from pydantic import BaseModel
 from dmae_pipeline import distributed
 from dmae_pipeline.catalog import DistributedCatalog
 from dmae_pipeline.data import expected_spec
-from dmae_pipeline.io import command_line, exclusive_lock
+from dmae_pipeline.io import LockedError, command_line, exclusive_lock
 from dmae_pipeline.params import check_run
 
 logger = logging.getLogger(__name__)
@@ -350,9 +350,9 @@ class OutputLockHook:
             for path in sorted(p for p in paths if p is not None):
                 lock = path.with_name(f".{path.name}.lock")
                 self._locks.enter_context(exclusive_lock(lock, f"{path}, an output of this run"))
-        except BaseException:
+        except LockedError as e:
             self._locks.close()
-            raise
+            raise SystemExit(str(e)) from None  # one line, no traceback: nothing has run
 
     @hook_impl
     def after_pipeline_run(self) -> None:
