@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import mlflow
 import psutil
 from kedro.framework.hooks import hook_impl
+from kedro.framework.project import pipelines as registry
 from kedro_mlflow.framework.hooks import MlflowHook
 from kedro_mlflow.framework.hooks.utils import _flatten_dict
 from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -220,13 +221,8 @@ CHECKPOINTS = {
 def run_name(pipelines: list[str], env: str) -> str:
     """``certify+report @ local``; the default chain is named by its first and last stage."""
     if pipelines == ["__default__"]:
-        from kedro.framework.project import pipelines as registry
-
-        stages = [
-            n
-            for n in registry
-            if n != "__default__" and set(registry[n].nodes) <= set(registry["__default__"].nodes)
-        ]
+        chain = set(registry["__default__"].nodes)
+        stages = [n for n in registry if n != "__default__" and set(registry[n].nodes) <= chain]
         pipelines = [f"{stages[0]}..{stages[-1]}"] if stages else pipelines
     return f"{'+'.join(pipelines)} @ {env}"
 
@@ -237,7 +233,7 @@ def dvc_repro_id() -> str | None:
     if "DVC_STAGE" not in os.environ:
         return None
     for process in psutil.Process().parents():
-        if process.name() == "dvc" or "dvc" in process.cmdline()[1:2]:
+        if process.name() == "dvc" or "dvc" in [Path(a).name for a in process.cmdline()[:3]]:
             return f"{socket.gethostname()}-{process.pid}-{int(process.create_time())}"
     return None
 
