@@ -196,13 +196,14 @@ def test_the_summary_shows_the_best_certified_accuracies_report_and_figures():
         {"sigma": ["0.25", "0.50", "best"], "images": [50, 50, 50], "acr": [0.3, 0.4, 0.45],
          "r_0.00": [0.8, 0.7, 0.8], "r_0.00_ci_low": [0.6, 0.5, 0.6], "r_0.50": [0.1, 0.44, 0.44]}
     )  # fmt: skip
-    written = [Path("data/08_reporting/certified_accuracy.md"), Path("a.csv"), Path("b.png")]
+    report = Path.cwd() / "data/08_reporting/certified_accuracy.md"  # shown from the project
+    written = [report, Path("a.csv"), Path("/elsewhere/b.png")]
     assert run_summary(table, written, None, "sqlite:///mlflow.db").splitlines() == [
         "Certified accuracy, best over sigma (50 test images):",
         "  radius      0.00   0.50",
         "  accuracy   80.0%  44.0%",
         "Report:  data/08_reporting/certified_accuracy.md",
-        "Figures: b.png",
+        "Figures: /elsewhere/b.png",
     ]
 
 

@@ -371,8 +371,9 @@ def run_summary(table: Any, written: list[Path], run: Any, uri: str) -> str:
             "  radius    " + " ".join(f"{c[2:]:>6}" for c in radii),
             "  accuracy  " + " ".join(f"{best[c]:>6.1%}" for c in radii),
         ]
-    reports = [str(p) for p in written if p.suffix == ".md"]
-    figures = [str(p) for p in written if p.suffix == ".png"]
+    shown = [p.relative_to(Path.cwd()) if p.is_relative_to(Path.cwd()) else p for p in written]
+    reports = [str(p) for p in shown if p.suffix == ".md"]
+    figures = [str(p) for p in shown if p.suffix == ".png"]
     lines += [f"Report:  {', '.join(reports)}"] if reports else []
     lines += [f"Figures: {', '.join(figures)}"] if figures else []
     if run is not None:
