@@ -30,7 +30,8 @@ DATA_CATALOG_CLASS = DistributedCatalog
 # kedro-mlflow's hook is registered here, as TrackingHook, so that typed parameters are logged
 # key by key: its automatic registration is turned off. Under torchrun (RANK > 0) the other
 # ranks run neither tracking nor any plugin's hooks (kedro-viz's run statistics, telemetry), so
-# that one torchrun invocation is one MLflow run and no file is written twice.
+# that one torchrun invocation is one MLflow run and no file is written twice; rank 0, which
+# writes the outputs, alone locks them and prints the end-of-run summary.
 if distributed.is_main():
     DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)
     HOOKS = (
