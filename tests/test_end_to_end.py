@@ -17,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from kedro.config import OmegaConfigLoader
@@ -90,6 +91,11 @@ def test_dvc_repro_runs_every_stage_then_nothing(chain):
     metrics = json.loads((chain / "data/08_reporting/certified_accuracy.json").read_text())
     assert any(k.startswith("best/") for k in metrics)
     assert "certified_accuracy" in sh("dvc", "plots", "show", "--json", cwd=chain)
+    # one MLflow run per stage, linked by the `dvc repro` that ran them
+    client = mlflow.MlflowClient(f"sqlite:///{chain / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert sorted(r.data.tags["dvc_stage"] for r in runs) == sorted(STAGES)
+    assert len({r.data.tags["dvc_repro"] for r in runs}) == 1
 
 
 def test_dvc_caches_checkpoints_and_exports_but_not_training_runs(chain):

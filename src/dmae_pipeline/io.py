@@ -7,6 +7,9 @@ import argparse
 import fcntl
 import hashlib
 import os
+import shlex
+import socket
+import sys
 import tempfile
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -72,13 +75,23 @@ class LockedError(RuntimeError):
     """Another process holds the lock."""
 
 
+def command_line() -> str:
+    """This process's command line as a user typed it (``kedro run --pipelines=certify``)."""
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "python"
+
+
+def _holder() -> str:
+    """This process as a lock names it: pid, host and command line."""
+    return f"pid {os.getpid()} on {socket.gethostname()}, `{command_line()}`"
+
+
 @contextmanager
 def exclusive_lock(path: str | Path, what: str):
     """Hold an exclusive advisory lock on ``path`` (created if missing) for the block.
 
     A second process asking for the same lock fails at once with a :class:`LockedError` naming
-    ``what`` and the holder's pid. The operating system drops the lock when its holder exits,
-    even on ``kill -9``, so a dead run never blocks the next one.
+    ``what`` and the holder (pid, host, command line). The operating system drops the lock when
+    its holder exits, even on ``kill -9``, so a dead run never blocks the next one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,13 +100,13 @@ def exclusive_lock(path: str | Path, what: str):
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = f.read().strip() or "unknown"
+            holder = f.read().strip() or "a process that did not say which"
             raise LockedError(
-                f"another process (pid {holder}) is using {what}; wait for it to finish, or "
+                f"another process ({holder}) is using {what}; wait for it to finish, or "
                 f"stop it (the lock {path} is released when its process exits)"
             ) from None
         f.truncate(0)
-        f.write(str(os.getpid()))
+        f.write(_holder())
         f.flush()
         try:
             yield

@@ -7,7 +7,14 @@ from omegaconf.resolvers import oc
 
 from dmae_pipeline import distributed
 from dmae_pipeline.catalog import DistributedCatalog
-from dmae_pipeline.hooks import DistributedHook, MlflowRunTagsHook, ParamsHook, TrackingHook
+from dmae_pipeline.hooks import (
+    DistributedHook,
+    MlflowRunTagsHook,
+    OutputLockHook,
+    ParamsHook,
+    RunSummaryHook,
+    TrackingHook,
+)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
@@ -23,10 +30,18 @@ DATA_CATALOG_CLASS = DistributedCatalog
 # kedro-mlflow's hook is registered here, as TrackingHook, so that typed parameters are logged
 # key by key: its automatic registration is turned off. Under torchrun (RANK > 0) the other
 # ranks run neither tracking nor any plugin's hooks (kedro-viz's run statistics, telemetry), so
-# that one torchrun invocation is one MLflow run and no file is written twice.
+# that one torchrun invocation is one MLflow run and no file is written twice; rank 0, which
+# writes the outputs, alone locks them and prints the end-of-run summary.
 if distributed.is_main():
     DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)
-    HOOKS = (DistributedHook(), ParamsHook(), TrackingHook(), MlflowRunTagsHook())
+    HOOKS = (
+        DistributedHook(),
+        ParamsHook(),
+        OutputLockHook(),
+        TrackingHook(),
+        MlflowRunTagsHook(),
+        RunSummaryHook(),
+    )
 else:
     DISABLE_HOOKS_FOR_PLUGINS = tuple(
         sorted({e.dist.name for e in entry_points(group="kedro.hooks")})

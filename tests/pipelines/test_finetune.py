@@ -11,6 +11,7 @@ import pytest
 import torch
 from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog
+from mlflow.tracking import MlflowClient
 
 from conftest import copy_project, env_parameters, run_kedro
 from dmae_pipeline.data import SplitDataset, build_transform
@@ -92,8 +93,9 @@ def test_one_selected_classifier_per_sigma(chain, tmp_path):
     val_set = SplitDataset(val_split, build_transform(spec, train=False))
     for name, sigma in (("sigma_0.25", 0.25), ("sigma_0.50", 0.5)):
         part = models[name]
-        assert set(part) == {"model", "config", "sigma", "epoch", "val", "init"}
+        assert set(part) == {"model", "config", "sigma", "epoch", "val", "init", "params"}
         assert part["sigma"] == sigma and part["init"] == "cifar_pretrain"
+        assert part["params"] == FinetuneParams.model_validate(TEST_PARAMS).model_dump(mode="json")
         config = part["config"]
         assert config["num_classes"] == 10 and config["in_chans"] == 1
         assert config["mean"] == spec["mean"] and config["std"] == spec["std"]
@@ -130,8 +132,6 @@ def test_one_selected_classifier_per_sigma(chain, tmp_path):
 
 
 def test_epoch_metrics_reach_mlflow(chain):
-    from mlflow.tracking import MlflowClient
-
     project, _ = chain
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -143,6 +143,28 @@ def test_epoch_metrics_reach_mlflow(chain):
     for metric in ("train_loss", "val_clean_acc", "val_noisy_acc"):
         steps = client.get_metric_history(run.info.run_id, f"finetune/sigma_0.50/{metric}")
         assert [m.step for m in steps] == [1, 2]
+
+
+def test_mlflow_logs_what_the_certified_models_were_trained_with(chain, capsys):
+    """A certify run logs the training parameters that its checkpoints record, not the current
+    finetune block, which it does not execute; and it ends with the certified accuracies."""
+    project, _ = chain
+    overrides = {"finetune": {"train": {"epochs": 99, "blr": 0.5}}}
+    run_kedro(project, "certify,report", "test", params=overrides)
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (run,) = client.search_runs(experiments, "tags.pipelines = 'certify,report'")
+    params = run.data.params
+    assert not {"finetune.train.epochs", "finetune.train.blr"} & set(params)
+    for name in ("sigma_0.25", "sigma_0.50"):
+        assert params[f"trained.finetune.{name}.train.epochs"] == "2"
+        assert params[f"trained.finetune.{name}.train.blr"] == "0.01"
+    assert "runtime_params" not in run.data.tags
+    assert params["certify.n"] == str(env_parameters("test")["certify"]["n"])  # the current block
+    out = capsys.readouterr().out
+    assert "Certified accuracy, best over sigma" in out
+    assert "Report:  " in out and "certified_accuracy.md" in out
+    assert f"MLflow run {run.info.run_id}" in out
 
 
 def test_test_split_never_reaches_model_selection(chain):

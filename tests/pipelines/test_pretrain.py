@@ -11,9 +11,10 @@ import torch
 from kedro.validation.exceptions import ParameterValidationError
 from PIL import Image
 
-from conftest import copy_project, run_kedro
+from conftest import copy_project, env_parameters, run_kedro
 from dmae_pipeline.io import LockedError, exclusive_lock, safe_torch_load
 from dmae_pipeline.models import build_dmae, export_pretrained, load_pretrained
+from dmae_pipeline.params import PretrainParams
 
 MODELS = "data/06_models/pretrain"
 
@@ -52,7 +53,9 @@ def project(tmp_path_factory):
 @pytest.mark.slow
 def test_pretrain_writes_a_checkpoint_an_export_and_a_figure(project, tmp_path):
     checkpoint = safe_torch_load(project / MODELS / "dmae.pt")
-    assert set(checkpoint) == {"model", "config", "epoch"} and checkpoint["epoch"] == 3
+    assert set(checkpoint) == {"model", "config", "epoch", "params"} and checkpoint["epoch"] == 3
+    trained = PretrainParams.model_validate(env_parameters("test")["pretrain"])
+    assert checkpoint["params"] == trained.model_dump(mode="json")  # what it was trained with
     config = checkpoint["config"]
     assert config["in_chans"] == 1 and config["img_size"] == 16 and config["embed_dim"] == 32
 
@@ -147,7 +150,9 @@ def test_a_second_run_on_the_same_run_folder_stops_at_once(project):
     stamp = (project / MODELS / "run/last.pt").stat().st_mtime_ns
     try:
         assert ready.wait(60)
-        with pytest.raises(LockedError, match=rf"pid {holder.pid}\) is using the training run"):
+        with pytest.raises(
+            LockedError, match=rf"pid {holder.pid} on .+, `.+`\) is using the training run"
+        ):
             run_kedro(project, "pretrain", "test")
     finally:
         release.set()

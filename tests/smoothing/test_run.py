@@ -140,7 +140,7 @@ def test_a_second_writer_stops_at_once_while_the_first_holds_the_log(smooth, dat
     holder.start()
     try:
         assert ready.wait(60)
-        expected = rf"pid {holder.pid}\) is using the certification log"
+        expected = rf"pid {holder.pid} on .+, `.+`\) is using the certification log"
         with pytest.raises(LockedError, match=expected):
             run(smooth, dataset, [0], log)
         assert not log.exists()

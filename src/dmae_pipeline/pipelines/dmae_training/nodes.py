@@ -56,8 +56,8 @@ def train_dmae(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], Figure]:
     """Train a DMAE on ``train_split`` from ``params.init`` (pretrain and cifar_pretrain).
 
-    Returns the pipeline checkpoint {"model", "config", "epoch"}, the released plain state dict
-    and the reconstruction figure of the first ``figure_images`` training images.
+    Returns the pipeline checkpoint {"model", "config", "epoch", "params"}, the released plain
+    state dict and the reconstruction figure of the first ``figure_images`` training images.
     """
     state, base, source = initial_weights(params, checkpoints)
     config = params.architecture({**base, **dataset_fields(dataset_spec)})
@@ -101,7 +101,12 @@ def train_dmae(
     images = torch.stack([shown[i][0] for i in range(min(params.figure_images, len(shown)))])
     generator = torch.Generator().manual_seed(derive_seed(params.train.seed, Stream.FIGURE))
     state = cpu_state(model)
-    checkpoint = {"model": state, "config": model.config, "epoch": history[-1]["epoch"]}
+    checkpoint = {
+        "model": state,
+        "config": model.config,
+        "epoch": history[-1]["epoch"],
+        "params": params.model_dump(mode="json"),  # what it was trained with, for MLflow
+    }
     return checkpoint, state, reconstruction_figure(model, images, params.block, generator)
 
 

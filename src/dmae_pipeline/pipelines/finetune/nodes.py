@@ -51,8 +51,8 @@ def finetune_classifiers(
     """Finetune one classifier per sigma; keep each at its best noisy validation accuracy.
 
     Returns the partitions ``sigma_<sigma>`` -> {"model", "config", "sigma", "epoch", "val",
-    "init"} and the validation table (sigma as the tables write it, "0.50"; epoch, clean_acc,
-    noisy_acc of the kept epochs).
+    "init", "params"} and the validation table (sigma as the tables write it, "0.50"; epoch,
+    clean_acc, noisy_acc of the kept epochs).
     Every run folder is checked before the first run starts. The test split is not an input.
     """
     checkpoints = {"pretrain": pretrained_model, "cifar_pretrain": cifar_pretrained_model}
@@ -116,6 +116,7 @@ def finetune_classifiers(
             "epoch": epoch,
             "val": val,
             "init": params.init,
+            "params": params.model_dump(mode="json"),  # what it was trained with, for MLflow
         }
         rows.append({"sigma": format_value(loss["sigma"]), "epoch": epoch, **val})
     return partitions, pd.DataFrame(rows, columns=COLUMNS)
