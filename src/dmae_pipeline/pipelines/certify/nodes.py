@@ -120,7 +120,9 @@ def merge_certification_logs(certification_logs: Mapping[str, Mapping[str, Any]]
     for name, entry in certification_logs.items():
         count = len(entry["shards"])
         try:
-            log = merge_shard_logs(log_files(entry["prefix"]), entry["shards"])
+            log = merge_shard_logs(
+                log_files(entry["prefix"]), entry["shards"], sigma=entry["sigma"]
+            )
         except IncompleteCertificationError as e:
             raise IncompleteCertificationError(
                 f"{name}: {e}; certify them with certify.shard_index=<shard> "
