@@ -29,6 +29,7 @@ from dmae_pipeline.smoothing import (
     read_log,
     shard_indices,
 )
+from dmae_pipeline.training_stages import DataMismatchError, provenance
 
 pytestmark = pytest.mark.slow
 
@@ -293,6 +294,41 @@ def test_bad_inputs_stop_before_any_work(project):
     checkpoint["config"]["num_classes"] = 7
     atomic_torch_save(checkpoint, project / "data/06_models/finetune/sigma_0.50.pt")
     with pytest.raises(ValueError, match=r"'sigma_0\.50' is a classifier with num_classes=7, not"):
+        run_kedro(project, "certify", "test")
+    assert not (project / LOGS).exists()
+
+
+def test_models_of_other_splits_are_not_certified(project):
+    """A model trained before data_prep split the data again (another seed) may have trained on
+    today's test images: certify refuses it, naming both splits, and certifies nothing."""
+    spec = json.loads((project / "data/05_model_input/dataset_spec.json").read_text())
+    for path in (project / "data/06_models/finetune").glob("*.pt"):
+        atomic_torch_save({**safe_torch_load(path), "provenance": provenance(spec, None)}, path)
+    run_kedro(project, "certify", "test", params=certify_params(max_images=1))  # same splits
+    shutil.rmtree(project / LOGS)
+    run_kedro(project, "data_prep", "test", params={"data_prep": {"seed": 5}})
+    new = json.loads((project / "data/05_model_input/dataset_spec.json").read_text())
+    old_test, new_test = spec["split_digests"]["test"][:12], new["split_digests"]["test"][:12]
+    assert old_test != new_test
+    message = (
+        rf"partition 'sigma_0\.25' was trained on other splits \(.*test {old_test}.*\) than the "
+        rf"current ones \(.*test {new_test}.*\).*cannot certify it"
+    )
+    with pytest.raises(DataMismatchError, match=message):
+        run_kedro(project, "certify,report", "test")
+    assert not (project / LOGS).exists()
+
+
+def test_a_model_of_another_sigma_or_other_pixel_statistics_is_refused(project):
+    models = project / "data/06_models/finetune"
+    shutil.copy(models / "sigma_0.50.pt", models / "sigma_0.25.pt")
+    message = r"'sigma_0\.25' holds a model finetuned at sigma 0\.5, not 0\.25 \(finetune\.sigmas\)"
+    with pytest.raises(ValueError, match=message + r": name its file sigma_0\.50\.pt"):
+        run_kedro(project, "certify", "test")
+    checkpoint = safe_torch_load(models / "sigma_0.50.pt")
+    checkpoint["config"]["mean"] = [0.5]
+    atomic_torch_save({**checkpoint, "sigma": 0.25}, models / "sigma_0.25.pt")
+    with pytest.raises(ValueError, match=r"'sigma_0\.25' is a classifier with mean=\[0\.5\], not"):
         run_kedro(project, "certify", "test")
     assert not (project / LOGS).exists()
 

@@ -28,6 +28,7 @@ from dmae_pipeline.pipelines.finetune.nodes import finetune_classifiers
 from dmae_pipeline.reporting.names import sigma_label
 from dmae_pipeline.settings import CONFIG_LOADER_ARGS
 from dmae_pipeline.training import accuracy_evaluator, load_best, load_checkpoint
+from dmae_pipeline.training_stages import DataMismatchError, provenance
 
 pytestmark = pytest.mark.slow
 
@@ -91,8 +92,10 @@ def test_one_selected_classifier_per_sigma(chain, tmp_path):
     val_set = SplitDataset(val_split, build_transform(spec, train=False))
     for name, sigma in (("sigma_0.25", 0.25), ("sigma_0.50", 0.5)):
         part = models[name]
-        assert set(part) == {"model", "config", "sigma", "epoch", "val", "init"}
+        assert set(part) == {"model", "config", "sigma", "epoch", "val", "init", "provenance"}
         assert part["sigma"] == sigma and part["init"] == "cifar_pretrain"
+        assert part["provenance"] == provenance(spec, init["model"])
+        assert init["provenance"]["splits"] == spec["split_digests"]
         config = part["config"]
         assert config["num_classes"] == 10 and config["in_chans"] == 1
         assert config["mean"] == spec["mean"] and config["std"] == spec["std"]
@@ -204,6 +207,22 @@ def node_inputs(project, tmp_path, **update):
 def test_bad_input_stops_before_training(chain, tmp_path, update, error, message):
     inputs = node_inputs(chain[0], tmp_path, **update)
     with pytest.raises(error, match=message):
+        finetune_classifiers(**inputs)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_checkpoint_of_other_splits_is_not_trained_from(chain, tmp_path):
+    """After data_prep has split the data again, the cifar_pretrain checkpoint may have seen
+    today's test images: finetuning from it is refused, naming both splits."""
+    inputs = node_inputs(chain[0], tmp_path)
+    spec = inputs["dataset_spec"]
+    old = inputs["cifar_pretrained_model"]["provenance"]["splits"]
+    spec["split_digests"] = {**old, "test": "0123456789ab" + old["test"][12:]}
+    message = (
+        rf"finetune\.init \(the cifar_pretrain pipeline's checkpoint\) was trained on other "
+        rf"splits \(.*test {old['test'][:12]}.*\) than the current ones \(.*test 0123456789ab"
+    )
+    with pytest.raises(DataMismatchError, match=message):
         finetune_classifiers(**inputs)
     assert not (tmp_path / "runs").exists()
 

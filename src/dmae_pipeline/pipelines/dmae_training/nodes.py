@@ -12,7 +12,6 @@ import torch
 from matplotlib.figure import Figure
 
 from dmae_pipeline.data import SplitDataset, build_transform
-from dmae_pipeline.io import state_digest
 from dmae_pipeline.models import DMAE, build_dmae, check_architecture, cpu_state
 from dmae_pipeline.params import CifarPretrainParams, PretrainParams
 from dmae_pipeline.reporting.reconstruction import reconstruction_figure
@@ -21,6 +20,7 @@ from dmae_pipeline.training_stages import (
     dataset_fields,
     initial_model,
     initial_weights,
+    provenance,
     train,
 )
 
@@ -54,10 +54,10 @@ def train_dmae(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], Figure]:
     """Train a DMAE on ``train_split`` from ``params.init`` (pretrain and cifar_pretrain).
 
-    Returns the pipeline checkpoint {"model", "config", "epoch"}, the released plain state dict
-    and the reconstruction figure of the first ``figure_images`` training images.
+    Returns the pipeline checkpoint {"model", "config", "epoch", "provenance"}, the released plain
+    state dict and the reconstruction figure of the first ``figure_images`` training images.
     """
-    state, base, source = initial_weights(params, checkpoints)
+    state, base, source = initial_weights(params, checkpoints, dataset_spec)
     config = params.architecture({**base, **dataset_fields(dataset_spec)})
     check_architecture(config, f"{params.block}.model")
     model = initial_model(build_dmae, config, params, state)
@@ -73,11 +73,13 @@ def train_dmae(
         source,
         len(train_set),
     )
+    trained_on = provenance(dataset_spec, state)
     fingerprint = {
         "model": model.config,
         "augment": params.augment.transform_args(),
         "dataset": {k: dataset_spec[k] for k in ("name", "image_size", "channels", "split_sizes")},
-        "init": None if state is None else state_digest(state),
+        "data": trained_on["splits"],
+        "init": trained_on["init_sha256"],
     }
     history = train(
         model,
@@ -99,7 +101,12 @@ def train_dmae(
     images = torch.stack([shown[i][0] for i in range(min(params.figure_images, len(shown)))])
     generator = torch.Generator().manual_seed(derive_seed(params.train.seed, Stream.FIGURE))
     state = cpu_state(model)
-    checkpoint = {"model": state, "config": model.config, "epoch": history[-1]["epoch"]}
+    checkpoint = {
+        "model": state,
+        "config": model.config,
+        "epoch": history[-1]["epoch"],
+        "provenance": trained_on,
+    }
     return checkpoint, state, reconstruction_figure(model, images, generator)
 
 
