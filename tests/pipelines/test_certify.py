@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -331,6 +332,57 @@ def test_a_model_of_another_sigma_or_other_pixel_statistics_is_refused(project):
     with pytest.raises(ValueError, match=r"'sigma_0\.25' is a classifier with mean=\[0\.5\], not"):
         run_kedro(project, "certify", "test")
     assert not (project / LOGS).exists()
+
+
+def public_keys(depth: int) -> set[str]:
+    """The state dict names of the public DMAE code's classifier, models_vit.VisionTransformer
+    with global pooling (timm's ViT with fc_norm in place of norm)."""
+    block = [f"{layer}.{p}" for layer in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1",
+                                          "mlp.fc2") for p in ("weight", "bias")]  # fmt: skip
+    return {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
+            *(f"blocks.{i}.{name}" for i in range(depth) for name in block),
+            "fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}  # fmt: skip
+
+
+def test_public_dmae_checkpoints_are_certified_as_they_are(project):
+    """Files saved by the public code's finetuning scripts, renamed sigma_<sigma>.pt, certify
+    without training to the certificates of the same weights in the pipeline's format."""
+    spec = json.loads((project / "data/05_model_input/dataset_spec.json").read_text())
+    models, public = project / "data/06_models/finetune", {}
+    for partition, sigma in (("sigma_0.25", 0.25), ("sigma_0.50", 0.5)):
+        torch.manual_seed(int(sigma * 100))
+        model = build_classifier(
+            "pico", spec["num_classes"], img_size=16, patch_size=4, in_chans=1,
+            mean=spec["mean"], std=spec["std"],
+        )  # fmt: skip
+        with torch.no_grad():
+            model.head.weight.normal_(std=1.0)
+        state = model.state_dict()
+        assert set(state) == public_keys(depth=2)
+        checkpoint = {"model": state, "config": model.config, "sigma": sigma, "epoch": 1}
+        atomic_torch_save(checkpoint, models / f"{partition}.pt")
+        optimizer = torch.optim.AdamW(model.parameters())
+        args = argparse.Namespace(model="vit_pico_patch4", sigma=sigma, nb_classes=10,
+                                  input_size=16, global_pool=True, blr=5e-4)  # fmt: skip
+        public[partition] = {
+            "model": {name: state[name].clone() for name in sorted(public_keys(depth=2))},
+            "optimizer": optimizer.state_dict(),
+            "epoch": 99,
+            "scaler": torch.amp.GradScaler("cpu").state_dict(),
+            "args": args,
+        }
+    run_kedro(project, "certify", "test")
+    ours = results(project)
+    for partition, checkpoint in public.items():
+        torch.save(checkpoint, models / f"{partition}.pt")  # as the public scripts save
+    run_kedro(project, "certify", "test", params=certify_params(log_dir=str(project / "public")))
+    assert len(list((project / "public").glob("*.tsv"))) == 2  # certified, not resumed
+    pd.testing.assert_frame_equal(results(project), ours)
+    # args.sigma names the noise level; a file of another one is refused
+    public["sigma_0.25"]["args"].sigma = 0.5
+    torch.save(public["sigma_0.25"], models / "sigma_0.25.pt")
+    with pytest.raises(ValueError, match=r"'sigma_0\.25' holds a model finetuned at sigma 0\.5,"):
+        run_kedro(project, "certify", "test")
 
 
 def test_only_the_configured_sigmas_are_certified(project):
