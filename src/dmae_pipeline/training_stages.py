@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dmae_pipeline import distributed
+from dmae_pipeline.errors import UserError
 from dmae_pipeline.io import exclusive_lock, safe_torch_load, state_digest
 from dmae_pipeline.models import load_init, read_init, seeded
 from dmae_pipeline.params import SCRATCH, StageParams
@@ -26,7 +27,7 @@ M = TypeVar("M", bound=torch.nn.Module)
 logger = logging.getLogger(__name__)
 
 
-class DataMismatchError(ValueError):
+class DataMismatchError(UserError):
     """A checkpoint was trained on other splits than the current ones."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dmae_pipeline import distributed
+from dmae_pipeline.errors import UserError
 from dmae_pipeline.io import atomic_write
 from dmae_pipeline.training.checkpoint import LAST
 
@@ -40,9 +41,10 @@ def check_run_dir(run_dir: Path, fingerprint: Mapping[str, Any], resume: bool) -
     if changed:
         sections = sorted({k.split(".")[0] for k in changed})
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
-        raise ValueError(
+        raise UserError(
             f"{run_dir} holds a run with other settings ({', '.join(sections)}): {details}; "
-            "use a fresh run folder or turn resume off to start over"
+            "delete it to start this run over (other runs still resume), or turn resume off to "
+            "start every run over"
         )
 
 

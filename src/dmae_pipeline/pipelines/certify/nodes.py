@@ -16,6 +16,7 @@ import pandas as pd
 
 from dmae_pipeline import distributed
 from dmae_pipeline.data import SplitDataset, build_transform
+from dmae_pipeline.errors import UserError
 from dmae_pipeline.models import finetuned_sigma, load_classifier
 from dmae_pipeline.params import CertifyParams
 from dmae_pipeline.reporting.names import sigma_label
@@ -64,7 +65,7 @@ def certify_test_split(
         checkpoint, described = finetuned_models[name](), f"finetuned_models partition {name!r}"
         trained_at = finetuned_sigma(checkpoint, described)
         if trained_at != sigma_of[name]:
-            raise ValueError(
+            raise UserError(
                 f"{described} holds a model finetuned at sigma {trained_at:g}, not "
                 f"{sigma_of[name]:g} (finetune.sigmas): name its file {sigma_label(trained_at)}.pt"
             )
@@ -77,6 +78,13 @@ def certify_test_split(
             mean=dataset_spec["mean"],
             std=dataset_spec["std"],
         )
+    try:
+        Path(certify.log_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"certify.log_dir: cannot create {certify.log_dir} ({e.strerror}); name a folder "
+            "this process can write"
+        ) from None
     settings = CertifySettings(
         **certify.model_dump(
             include={"n0", "n", "alpha", "batch_size", "stop_at_selection", "seed"}
