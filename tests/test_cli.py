@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,9 +25,11 @@ KEDRO = Path(sys.executable).with_name("kedro")
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A project copy with the test env's data and a tiny finetuned model per sigma."""
+def project(tmp_path_factory, empty_mlflow_db) -> Path:
+    """A project copy with the test env's data, a tiny finetuned model per sigma and a tracking
+    database (MLflow logs its creation to stderr)."""
     project = copy_project(tmp_path_factory.mktemp("cli") / "project")
+    shutil.copy(empty_mlflow_db, project / "mlflow.db")
     spec, *splits = prepare_dataset(
         DataPrepParams.model_validate(env_parameters("test")["data_prep"])
     )

@@ -52,7 +52,8 @@ def project(tmp_path_factory):
 @pytest.mark.slow
 def test_pretrain_writes_a_checkpoint_an_export_and_a_figure(project, tmp_path):
     checkpoint = safe_torch_load(project / MODELS / "dmae.pt")
-    assert set(checkpoint) == {"model", "config", "epoch"} and checkpoint["epoch"] == 3
+    assert set(checkpoint) == {"model", "config", "epoch", "provenance"}
+    assert checkpoint["epoch"] == 3 and checkpoint["provenance"]["init_sha256"] is None
     config = checkpoint["config"]
     assert config["in_chans"] == 1 and config["img_size"] == 16 and config["embed_dim"] == 32
 
