@@ -123,7 +123,8 @@ def test_a_run_folder_of_other_settings_is_one_line_that_says_how_to_go_on(proje
     scratch = "finetune.init=scratch,finetune.model.preset=pico,finetune.model.img_size=16"
     line = refusal(project, "--env=test", "--pipelines=finetune", f"--params={scratch}")
     assert re.fullmatch(
-        rf"Error: {run} holds a run with other settings \(.*\): .*; delete it to start this run "
+        r"Error: data/06_models/finetune/run_sigma_0\.50 holds a run with other settings "
+        r"\(.*\): .*; delete it to start this run "
         r"over \(other runs still resume\), or turn resume off to start every run over",
         line,
     ), line
