@@ -35,11 +35,12 @@ def _one_of(name: str, what: str, known: list[str]) -> str:
 
 
 def check_names(env: str | None, pipeline_names: list[str], conf_source: str | None) -> None:
-    """Refuse an env without a folder in conf/ and a pipeline that is not registered."""
+    """Refuse an env without a folder in the conf folder and a pipeline that is not
+    registered."""
     project = find_kedro_project(Path.cwd()) or Path.cwd()
     bootstrap_project(project)
     conf = project / (conf_source or settings.CONF_SOURCE)
-    if env is not None and not (conf / env).is_dir():
+    if env is not None and conf.is_dir() and not (conf / env).is_dir():  # not an archive
         envs = sorted(p.name for p in conf.iterdir() if p.is_dir() and p.name != "base")
         raise UserError(f"--env={env}: {_one_of(env, 'env', envs)} (the folders of {conf})")
     for name in pipeline_names:
