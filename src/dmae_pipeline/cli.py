@@ -1,5 +1,5 @@
 """``kedro run`` for this project: Kedro's own, except that a mistake of the user's ends with one
-line that names it and says what to do, without a traceback: an ``errors.UserError`` (raised
+line that names it and says what to do, without a traceback: an ``io.UserError`` (raised
 wherever a parameter, an env, a pipeline name or an input file is refused), a parameter that
 Kedro's validation refuses, or an interpolation in conf/ that names a key which is not there (a
 misspelt ``--params`` value). Any other error is a bug and keeps its traceback."""
@@ -20,7 +20,7 @@ from kedro.validation.exceptions import ParameterValidationError
 from omegaconf import DictConfig
 from omegaconf.errors import InterpolationKeyError
 
-from dmae_pipeline.errors import UserError
+from dmae_pipeline.io import UserError
 
 
 @click.group(name="dmae_pipeline")

@@ -1,12 +1,8 @@
 """What the nodes of the training stages (pretrain, cifar_pretrain, finetune) share: where the
-weights start, what their checkpoints were trained on, the run folder, and the engine's run with
-its epochs tracked in MLflow."""
+weights start, the run folder, and the engine's run with its epochs tracked in MLflow."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
@@ -17,51 +13,12 @@ import torch
 from torch.utils.data import Dataset
 
 from dmae_pipeline import distributed
-from dmae_pipeline.errors import UserError
-from dmae_pipeline.io import exclusive_lock, safe_torch_load, state_digest
+from dmae_pipeline.io import exclusive_lock, safe_torch_load
 from dmae_pipeline.models import load_init, read_init, seeded
 from dmae_pipeline.params import SCRATCH, StageParams
-from dmae_pipeline.training import Stream, claim_run_dir, derive_seed, fit
+from dmae_pipeline.training import Stream, check_provenance, claim_run_dir, derive_seed, fit
 
 M = TypeVar("M", bound=torch.nn.Module)
-logger = logging.getLogger(__name__)
-
-
-class DataMismatchError(UserError):
-    """A checkpoint was trained on other splits than the current ones."""
-
-
-def provenance(spec: Mapping[str, Any], init: Mapping[str, torch.Tensor] | None) -> dict[str, Any]:
-    """What a checkpoint was trained on: the dataset spec's and its splits' digests, and the
-    digest of its initial weights (None: from scratch)."""
-    text = json.dumps(spec, sort_keys=True)
-    return {
-        "dataset_spec": hashlib.sha256(text.encode()).hexdigest(),
-        "splits": dict(spec["split_digests"]),
-        "init_sha256": None if init is None else state_digest(init),
-    }
-
-
-def check_provenance(checkpoint: Any, spec: Mapping[str, Any], name: str, use: str) -> None:
-    """Refuse to ``use`` (certify, train from) a checkpoint trained on other splits than those
-    of ``spec``, naming both. A checkpoint without provenance (a released file, the public DMAE
-    code's) is taken as it is."""
-    recorded = checkpoint.get("provenance") if isinstance(checkpoint, Mapping) else None
-    if recorded is None:
-        logger.info("%s records no training data; it is taken as it is", name)
-        return
-    theirs, ours = recorded["splits"], spec["split_digests"]
-    if theirs != ours:
-
-        def short(digests: Mapping[str, str]) -> str:
-            return ", ".join(f"{part} {digests[part][:12]}" for part in sorted(digests))
-
-        raise DataMismatchError(
-            f"{name} was trained on other splits ({short(theirs)}) than the current ones "
-            f"({short(ours)}, from data_prep), so its training images may be among the test "
-            f"images; cannot {use} it. Train it again on the current splits, or restore the "
-            "data_prep parameters it was trained with and run data_prep again"
-        )
 
 
 def initial_weights(

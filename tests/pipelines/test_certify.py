@@ -30,7 +30,7 @@ from dmae_pipeline.smoothing import (
     read_log,
     shard_indices,
 )
-from dmae_pipeline.training_stages import DataMismatchError, provenance
+from dmae_pipeline.training import DataMismatchError, provenance
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,7 @@ import pytest
 from scipy import stats
 
 from conftest import run_kedro
-from dmae_pipeline.errors import UserError
-from dmae_pipeline.io import safe_torch_load
+from dmae_pipeline.io import UserError, safe_torch_load
 
 pytestmark = pytest.mark.slow
 

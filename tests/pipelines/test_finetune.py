@@ -27,8 +27,13 @@ from dmae_pipeline.pipelines.finetune import create_pipeline
 from dmae_pipeline.pipelines.finetune.nodes import finetune_classifiers
 from dmae_pipeline.reporting.names import sigma_label
 from dmae_pipeline.settings import CONFIG_LOADER_ARGS
-from dmae_pipeline.training import accuracy_evaluator, load_best, load_checkpoint
-from dmae_pipeline.training_stages import DataMismatchError, provenance
+from dmae_pipeline.training import (
+    DataMismatchError,
+    accuracy_evaluator,
+    load_best,
+    load_checkpoint,
+    provenance,
+)
 
 pytestmark = pytest.mark.slow
 

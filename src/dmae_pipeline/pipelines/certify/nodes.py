@@ -16,7 +16,7 @@ import pandas as pd
 
 from dmae_pipeline import distributed
 from dmae_pipeline.data import SplitDataset, build_transform
-from dmae_pipeline.errors import UserError
+from dmae_pipeline.io import UserError
 from dmae_pipeline.models import finetuned_sigma, load_classifier
 from dmae_pipeline.params import CertifyParams
 from dmae_pipeline.reporting.names import sigma_label
@@ -31,8 +31,7 @@ from dmae_pipeline.smoothing import (
     merge_shard_logs,
     shard_indices,
 )
-from dmae_pipeline.training import autocast_dtype, resolve_device
-from dmae_pipeline.training_stages import check_provenance
+from dmae_pipeline.training import autocast_dtype, check_provenance, resolve_device
 
 
 def certify_test_split(

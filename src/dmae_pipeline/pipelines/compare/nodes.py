@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from dmae_pipeline.errors import UserError
+from dmae_pipeline.io import UserError
 from dmae_pipeline.params import SCRATCH, CompareParams, ReportParams
 from dmae_pipeline.reporting import comparison
 

@@ -15,12 +15,11 @@ from dmae_pipeline.data import SplitDataset, build_transform
 from dmae_pipeline.models import DMAE, build_dmae, check_architecture, cpu_state
 from dmae_pipeline.params import CifarPretrainParams, PretrainParams
 from dmae_pipeline.reporting.reconstruction import reconstruction_figure
-from dmae_pipeline.training import Stream, derive_seed
+from dmae_pipeline.training import Stream, derive_seed, provenance
 from dmae_pipeline.training_stages import (
     dataset_fields,
     initial_model,
     initial_weights,
-    provenance,
     train,
 )
 

@@ -30,12 +30,12 @@ from dmae_pipeline.training import (
     check_run_dir,
     noisy_classification_loss,
     param_groups,
+    provenance,
 )
 from dmae_pipeline.training_stages import (
     dataset_fields,
     initial_model,
     initial_weights,
-    provenance,
     train,
 )
 
