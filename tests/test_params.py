@@ -290,6 +290,7 @@ SPEC = {
     "name": "digits", "source": "digits", "num_classes": 2, "class_names": ["0", "1"],
     "image_size": 8, "channels": 1, "mean": [0.5], "std": [0.2],
     "split_sizes": {"train": 5, "val": 1, "test": 1},
+    "split_digests": {"train": "a1", "val": "b2", "test": "c3"},
 }  # fmt: skip
 
 
@@ -300,6 +301,7 @@ SPEC = {
         ({}, "name: Field required"),
         ({**SPEC, "channels": 3}, "mean, std: expected one value per channel"),
         ({**SPEC, "num_classes": 3}, "class_names: expected one per class"),
+        ({**SPEC, "split_digests": {"train": "a1"}}, "split_digests: expected the digests of"),
     ],
 )
 def test_a_malformed_dataset_spec_names_the_file_and_what_is_wrong(spec, message):

@@ -1,5 +1,6 @@
 """What the data catalog is made of beyond Kedro's: its class, where rank 0 alone saves under
-torchrun, and a dataset type for ``torch.save`` files (checkpoints, splits, state dicts)."""
+torchrun, a dataset type for ``torch.save`` files (checkpoints, splits, state dicts) and folders
+of partitions that may be empty."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kedro.io import AbstractDataset, DataCatalog, DatasetError, MemoryDataset
+from kedro_datasets.partitions import PartitionedDataset
 
 from dmae_pipeline import distributed
 from dmae_pipeline.io import atomic_torch_save, safe_torch_load
@@ -60,3 +62,11 @@ class TorchFileDataset(AbstractDataset[Any, Any]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath), "optional": self._optional}
+
+
+class OptionalPartitionsDataset(PartitionedDataset):
+    """kedro-datasets' PartitionedDataset that loads a folder without partitions as ``{}``, so that
+    the node reading it says which partitions are missing and how to make them."""
+
+    def load(self) -> dict[str, Any]:
+        return super().load() if self._list_partitions() else {}

@@ -1,5 +1,5 @@
-"""File helpers shared by every layer: atomic writes, code-free loading, state digests and run
-locks."""
+"""What every layer shares: atomic writes, code-free loading, state digests, run locks and the
+error a user can fix."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+
+
+class UserError(ValueError):
+    """Something the user gave is wrong (a parameter, an env, a pipeline name, an input file);
+    the message names it and says what to do. ``kedro run`` (``dmae_pipeline.cli``) reports it as
+    that message alone; any other error is a bug and keeps its traceback."""
 
 
 @contextmanager

@@ -585,6 +585,8 @@ class DatasetSpec(Params):
     mean: list[float]
     std: list[PositiveFloat]
     split_sizes: dict[Literal["train", "val", "test"], NonNegativeInt]
+    split_digests: dict[Literal["train", "val", "test"], str]
+    """``data.split_digest`` of each split: what a checkpoint's provenance records."""
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetSpec:
@@ -594,6 +596,10 @@ class DatasetSpec(Params):
             _refuse("mean, std", "expected one value per channel", [self.mean, self.std])
         if set(self.split_sizes) != {"train", "val", "test"}:
             _refuse("split_sizes", "expected the sizes of train, val and test", self.split_sizes)
+        if set(self.split_digests) != {"train", "val", "test"}:
+            _refuse(
+                "split_digests", "expected the digests of train, val and test", self.split_digests
+            )
         return self
 
 

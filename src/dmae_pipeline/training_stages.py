@@ -13,19 +13,22 @@ import torch
 from torch.utils.data import Dataset
 
 from dmae_pipeline import distributed
-from dmae_pipeline.io import exclusive_lock
+from dmae_pipeline.io import exclusive_lock, safe_torch_load
 from dmae_pipeline.models import load_init, read_init, seeded
 from dmae_pipeline.params import SCRATCH, StageParams
-from dmae_pipeline.training import Stream, claim_run_dir, derive_seed, fit
+from dmae_pipeline.training import Stream, check_provenance, claim_run_dir, derive_seed, fit
 
 M = TypeVar("M", bound=torch.nn.Module)
 
 
 def initial_weights(
-    params: StageParams, checkpoints: Mapping[str, Mapping[str, Any] | None]
+    params: StageParams,
+    checkpoints: Mapping[str, Mapping[str, Any] | None],
+    spec: Mapping[str, Any],
 ) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any], str]:
     """(state dict or None, its model config or {}, a name for logs) of ``params.init``: scratch,
-    the checkpoint of a pipeline in ``checkpoints`` (None when it does not exist) or a file."""
+    the checkpoint of a pipeline in ``checkpoints`` (None when it does not exist) or a file; one
+    trained on other splits than ``spec``'s is refused (``check_provenance``)."""
     if params.init == SCRATCH:
         return None, {}, SCRATCH
     if params.init in params.INIT_FROM:
@@ -36,10 +39,12 @@ def initial_weights(
                 f"checkpoint does not exist: run `kedro run --pipelines={params.init}` first, or "
                 f"set {params.block}.init to scratch or the path of a checkpoint file"
             )
-        state, config = read_init(checkpoint)
-        return state, config or {}, f"the {params.init} pipeline's checkpoint"
-    state, config = read_init(params.init)
-    return state, config or {}, params.init
+        source = f"the {params.init} pipeline's checkpoint"
+    else:
+        checkpoint, source = safe_torch_load(params.init), params.init
+    check_provenance(checkpoint, spec, f"{params.block}.init ({source})", "train from")
+    state, config = read_init(checkpoint)
+    return state, config or {}, source
 
 
 def initial_model(

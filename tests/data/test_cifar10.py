@@ -24,6 +24,7 @@ from fixture_files import (
 
 from dmae_pipeline.data import cifar10 as cifar
 from dmae_pipeline.data import prepare, read_cifar10
+from dmae_pipeline.data.splits import split_digest
 
 N_TRAIN = 5 * PER_BATCH
 
@@ -79,6 +80,7 @@ def test_prepare_carves_a_seeded_validation_split_from_train(tmp_path, cifar_arc
         "mean": list(cifar.MEAN),
         "std": list(cifar.STD),
         "split_sizes": {"train": 15, "val": 5, "test": N_TEST},
+        "split_digests": {part: split_digest(splits[part]) for part in ("train", "val", "test")},
     }
     rows = {tuple(r) for r in expected["train_data"].tolist()}
     train_rows = {tuple(r) for r in splits["train"]["images"].reshape(15, -1).tolist()}

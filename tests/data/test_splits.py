@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dmae_pipeline.data import check_split, split_indices, split_length, subset
+from dmae_pipeline.data.splits import split_digest
 
 
 def test_split_indices_partitions_every_index_once_with_rounded_sizes():
@@ -78,3 +79,19 @@ def test_subset_of_both_forms():
 def test_malformed_splits_are_refused(split, message):
     with pytest.raises(ValueError, match=message):
         check_split(split)
+
+
+def test_a_split_digest_changes_with_any_image_label_or_file_but_not_with_the_root():
+    images = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
+    split = {"images": images, "labels": torch.tensor([0, 1, 2, 3])}
+    digest = split_digest(split)
+    assert split_digest({k: v.clone() for k, v in split.items()}) == digest
+    other_pixel = images.clone()
+    other_pixel[3, 0, 1, 1] = 1
+    assert split_digest({**split, "images": other_pixel}) != digest
+    assert split_digest({**split, "labels": torch.tensor([0, 1, 3, 2])}) != digest
+    assert split_digest(subset(split, torch.tensor([1, 0, 2, 3]))) != digest  # another order
+    on_disk = {"root": "/data/a", "paths": ["x.png", "y.png"], "labels": torch.tensor([0, 1])}
+    moved = split_digest({**on_disk, "root": "/mnt/b"})
+    assert moved == split_digest(on_disk)
+    assert split_digest({**on_disk, "paths": ["x.png", "z.png"]}) != moved

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from dmae_pipeline.smoothing import (
     read_log,
     shard_indices,
 )
+from dmae_pipeline.training import DataMismatchError, provenance
 
 pytestmark = pytest.mark.slow
 
@@ -301,6 +303,92 @@ def test_bad_inputs_stop_before_any_work(project):
     with pytest.raises(ValueError, match=r"'sigma_0\.50' is a classifier with num_classes=7, not"):
         run_kedro(project, "certify", "test")
     assert not (project / LOGS).exists()
+
+
+def test_models_of_other_splits_are_not_certified(project):
+    """A model trained before data_prep split the data again (another seed) may have trained on
+    today's test images: certify refuses it, naming both splits, and certifies nothing."""
+    spec = json.loads((project / "data/05_model_input/dataset_spec.json").read_text())
+    for path in (project / "data/06_models/finetune").glob("*.pt"):
+        atomic_torch_save({**safe_torch_load(path), "provenance": provenance(spec, None)}, path)
+    run_kedro(project, "certify", "test", params=certify_params(max_images=1))  # same splits
+    shutil.rmtree(project / LOGS)
+    run_kedro(project, "data_prep", "test", params={"data_prep": {"seed": 5}})
+    new = json.loads((project / "data/05_model_input/dataset_spec.json").read_text())
+    old_test, new_test = spec["split_digests"]["test"][:12], new["split_digests"]["test"][:12]
+    assert old_test != new_test
+    message = (
+        rf"partition 'sigma_0\.25' was trained on other splits \(.*test {old_test}.*\) than the "
+        rf"current ones \(.*test {new_test}.*\).*cannot certify it"
+    )
+    with pytest.raises(DataMismatchError, match=message):
+        run_kedro(project, "certify,report", "test")
+    assert not (project / LOGS).exists()
+
+
+def test_a_model_of_another_sigma_or_other_pixel_statistics_is_refused(project):
+    models = project / "data/06_models/finetune"
+    shutil.copy(models / "sigma_0.50.pt", models / "sigma_0.25.pt")
+    message = r"'sigma_0\.25' holds a model finetuned at sigma 0\.5, not 0\.25 \(finetune\.sigmas\)"
+    with pytest.raises(ValueError, match=message + r": name its file sigma_0\.50\.pt"):
+        run_kedro(project, "certify", "test")
+    checkpoint = safe_torch_load(models / "sigma_0.50.pt")
+    checkpoint["config"]["mean"] = [0.5]
+    atomic_torch_save({**checkpoint, "sigma": 0.25}, models / "sigma_0.25.pt")
+    with pytest.raises(ValueError, match=r"'sigma_0\.25' is a classifier with mean=\[0\.5\], not"):
+        run_kedro(project, "certify", "test")
+    assert not (project / LOGS).exists()
+
+
+def public_keys(depth: int) -> set[str]:
+    """The state dict names of the public DMAE code's classifier, models_vit.VisionTransformer
+    with global pooling (timm's ViT with fc_norm in place of norm)."""
+    block = [f"{layer}.{p}" for layer in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1",
+                                          "mlp.fc2") for p in ("weight", "bias")]  # fmt: skip
+    return {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
+            *(f"blocks.{i}.{name}" for i in range(depth) for name in block),
+            "fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}  # fmt: skip
+
+
+def test_public_dmae_checkpoints_are_certified_as_they_are(project):
+    """Files saved by the public code's finetuning scripts, renamed sigma_<sigma>.pt, certify
+    without training to the certificates of the same weights in the pipeline's format."""
+    spec = json.loads((project / "data/05_model_input/dataset_spec.json").read_text())
+    models, public = project / "data/06_models/finetune", {}
+    for partition, sigma in (("sigma_0.25", 0.25), ("sigma_0.50", 0.5)):
+        torch.manual_seed(int(sigma * 100))
+        model = build_classifier(
+            "pico", spec["num_classes"], img_size=16, patch_size=4, in_chans=1,
+            mean=spec["mean"], std=spec["std"],
+        )  # fmt: skip
+        with torch.no_grad():
+            model.head.weight.normal_(std=1.0)
+        state = model.state_dict()
+        assert set(state) == public_keys(depth=2)
+        checkpoint = {"model": state, "config": model.config, "sigma": sigma, "epoch": 1}
+        atomic_torch_save(checkpoint, models / f"{partition}.pt")
+        optimizer = torch.optim.AdamW(model.parameters())
+        args = argparse.Namespace(model="vit_pico_patch4", sigma=sigma, nb_classes=10,
+                                  input_size=16, global_pool=True, blr=5e-4)  # fmt: skip
+        public[partition] = {
+            "model": {name: state[name].clone() for name in sorted(public_keys(depth=2))},
+            "optimizer": optimizer.state_dict(),
+            "epoch": 99,
+            "scaler": torch.amp.GradScaler("cpu").state_dict(),
+            "args": args,
+        }
+    run_kedro(project, "certify", "test")
+    ours = results(project)
+    for partition, checkpoint in public.items():
+        torch.save(checkpoint, models / f"{partition}.pt")  # as the public scripts save
+    run_kedro(project, "certify", "test", params=certify_params(log_dir=str(project / "public")))
+    assert len(list((project / "public").glob("*.tsv"))) == 2  # certified, not resumed
+    pd.testing.assert_frame_equal(results(project), ours)
+    # args.sigma names the noise level; a file of another one is refused
+    public["sigma_0.25"]["args"].sigma = 0.5
+    torch.save(public["sigma_0.25"], models / "sigma_0.25.pt")
+    with pytest.raises(ValueError, match=r"'sigma_0\.25' holds a model finetuned at sigma 0\.5,"):
+        run_kedro(project, "certify", "test")
 
 
 def test_only_the_configured_sigmas_are_certified(project):

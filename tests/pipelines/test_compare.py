@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from conftest import run_kedro
-from dmae_pipeline.io import safe_torch_load
+from dmae_pipeline.io import UserError, safe_torch_load
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def test_the_variants_train_from_configuration_and_the_comparison_collects_them(
     run_kedro(project, "data_prep", "compare", params=TINY)
     for variant in ("scratch", "mae"):
         train(project, variant)
-    with pytest.raises(FileNotFoundError, match="lacks the certification results of 1 of its 3"):
+    with pytest.raises(UserError, match="lacks the certification results of 1 of its 3"):
         run_kedro(project, "compare", "compare", params=TINY)
     train(project, "dmae")
     run_kedro(project, "compare", "compare", params=TINY)

@@ -27,7 +27,13 @@ from dmae_pipeline.params import FinetuneParams
 from dmae_pipeline.pipelines.finetune import create_pipeline
 from dmae_pipeline.pipelines.finetune.nodes import finetune_classifiers
 from dmae_pipeline.settings import CONFIG_LOADER_ARGS
-from dmae_pipeline.training import accuracy_evaluator, load_best, load_checkpoint
+from dmae_pipeline.training import (
+    DataMismatchError,
+    accuracy_evaluator,
+    load_best,
+    load_checkpoint,
+    provenance,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -93,9 +99,20 @@ def test_one_selected_classifier_per_sigma(chain, tmp_path):
     val_set = SplitDataset(val_split, build_transform(spec, train=False))
     for name, sigma in (("sigma_0.25", 0.25), ("sigma_0.50", 0.5)):
         part = models[name]
-        assert set(part) == {"model", "config", "sigma", "epoch", "val", "init", "params"}
+        assert set(part) == {
+            "model",
+            "config",
+            "sigma",
+            "epoch",
+            "val",
+            "init",
+            "params",
+            "provenance",
+        }
         assert part["sigma"] == sigma and part["init"] == "cifar_pretrain"
         assert part["params"] == FinetuneParams.model_validate(TEST_PARAMS).model_dump(mode="json")
+        assert part["provenance"] == provenance(spec, init["model"])
+        assert init["provenance"]["splits"] == spec["split_digests"]
         config = part["config"]
         assert config["num_classes"] == 10 and config["in_chans"] == 1
         assert config["mean"] == spec["mean"] and config["std"] == spec["std"]
@@ -227,6 +244,22 @@ def node_inputs(project, tmp_path, **update):
 def test_bad_input_stops_before_training(chain, tmp_path, update, error, message):
     inputs = node_inputs(chain[0], tmp_path, **update)
     with pytest.raises(error, match=message):
+        finetune_classifiers(**inputs)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_checkpoint_of_other_splits_is_not_trained_from(chain, tmp_path):
+    """After data_prep has split the data again, the cifar_pretrain checkpoint may have seen
+    today's test images: finetuning from it is refused, naming both splits."""
+    inputs = node_inputs(chain[0], tmp_path)
+    spec = inputs["dataset_spec"]
+    old = inputs["cifar_pretrained_model"]["provenance"]["splits"]
+    spec["split_digests"] = {**old, "test": "0123456789ab" + old["test"][12:]}
+    message = (
+        rf"finetune\.init \(the cifar_pretrain pipeline's checkpoint\) was trained on other "
+        rf"splits \(.*test {old['test'][:12]}.*\) than the current ones \(.*test 0123456789ab"
+    )
+    with pytest.raises(DataMismatchError, match=message):
         finetune_classifiers(**inputs)
     assert not (tmp_path / "runs").exists()
 

@@ -53,7 +53,8 @@ def project(tmp_path_factory):
 @pytest.mark.slow
 def test_pretrain_writes_a_checkpoint_an_export_and_a_figure(project, tmp_path):
     checkpoint = safe_torch_load(project / MODELS / "dmae.pt")
-    assert set(checkpoint) == {"model", "config", "epoch", "params"} and checkpoint["epoch"] == 3
+    assert set(checkpoint) == {"model", "config", "epoch", "params", "provenance"}
+    assert checkpoint["epoch"] == 3 and checkpoint["provenance"]["init_sha256"] is None
     trained = PretrainParams.model_validate(env_parameters("test")["pretrain"])
     assert checkpoint["params"] == trained.model_dump(mode="json")  # what it was trained with
     config = checkpoint["config"]

@@ -6,6 +6,7 @@ import torch
 
 from dmae_pipeline.smoothing import (
     LOG_COLUMNS,
+    UNLABELLED_LOG_COLUMNS,
     CertifySettings,
     IncompleteCertificationError,
     Smooth,
@@ -85,7 +86,7 @@ def test_repeated_rows_are_kept_once_and_conflicting_ones_refused(smooth, datase
     )
     lines = second.read_text().splitlines()
     fields = lines[1].split("\t")
-    fields[2] = "-1" if fields[2] != "-1" else "0"  # image 1's prediction, changed
+    fields[9] = str(int(fields[9]) + 1)  # image 1's n_max, changed
     second.write_text("\n".join([lines[0], "\t".join(fields), *lines[2:]]) + "\n")
     with pytest.raises(ValueError, match="disagree about image idx 1"):
         merge_logs([first, second])
@@ -167,3 +168,77 @@ def test_refuses_a_file_of_another_format(smooth, dataset, tmp_path):
     log.write_text("\n".join([lines[0], lines[1].replace("\t", "\tx", 1), lines[2]]) + "\n")
     with pytest.raises(ValueError, match=r"log\.tsv has a malformed row"):
         read_log(log)
+
+
+def edited(path, idx, columns=LOG_COLUMNS, **values) -> int:
+    """Change the cells of ``values`` (column=value) in image ``idx``'s row; return its line."""
+    lines = path.read_text().splitlines()
+    line = next(i for i, text in enumerate(lines[1:], start=2) if text.startswith(f"{idx}\t"))
+    fields = dict(zip(columns, lines[line - 1].split("\t"), strict=True)) | values
+    lines[line - 1] = "\t".join(str(fields[c]) for c in columns)
+    path.write_text("\n".join(lines) + "\n")
+    return line
+
+
+@pytest.mark.parametrize(
+    "settings", [FIXED, dataclasses.replace(SEQUENTIAL, stop_at_selection=True)]
+)
+def test_rows_that_certify_cannot_write_are_refused_naming_file_and_line(
+    smooth, dataset, tmp_path, settings
+):
+    log = tmp_path / "log.tsv"
+    rows = certify_dataset(smooth, dataset, range(10), settings, log, progress=False)
+    assert merge_logs([log], sigma=0.25)["idx"].tolist() == list(range(10))  # as written: kept
+    wrong = (rows["correct"] == 0).nonzero()[0][0]
+    certified = (rows["predict"] != -1).nonzero()[0][0]
+    abstained = (rows["predict"] == -1).nonzero()[0][0]
+    radius = rows["radius"][certified]
+    cases = [
+        (wrong, {"correct": 1}, "never correct|correct must be predict==label"),
+        (certified, {"correct": 1 - rows["correct"][certified]}, "correct must be"),
+        (certified, {"radius": radius + 1e-3}, r"radius must be sigma \* Phi\^-1\(pA_lower\)"),
+        (certified, {"pA_lower": 0.4, "radius": 0.0}, "pA_lower >= 0.5"),
+        (abstained, {"radius": 0.1}, "an abstention has radius 0"),
+    ]
+    for row, values, message in cases:
+        copy = tmp_path / f"copy{row}.tsv"
+        copy.write_text(log.read_text())
+        line = edited(copy, rows["idx"][row], **values)
+        with pytest.raises(ValueError, match=rf"copy{row}\.tsv line {line}: .*({message})"):
+            merge_logs([copy], sigma=0.25)
+    with pytest.raises(ValueError, match="radius must be"):  # the same log, another sigma
+        merge_shard_logs([log], [range(10)], sigma=0.5)
+    # the log's floats written to 7 digits: still its certificates
+    short = tmp_path / "short.tsv"
+    short.write_text(log.read_text())
+    edited(short, rows["idx"][certified], radius=f"{radius:.7g}")
+    merged = merge_logs([short], sigma=0.25)
+    assert merged["radius"][merged["idx"] == rows["idx"][certified]] == float(f"{radius:.7g}")
+
+
+def test_skipped_rows_are_abstentions_without_estimation(smooth, dataset, tmp_path):
+    log = tmp_path / "log.tsv"
+    settings = dataclasses.replace(SEQUENTIAL, stop_at_selection=True)
+    rows = certify_dataset(smooth, dataset, range(10), settings, log, progress=False)
+    skipped = (rows["estimation"] == "skipped").nonzero()[0]
+    assert len(skipped), "the toy model should miss some labels at selection"
+    for values, message in [
+        ({"n": 5, "nA": 5}, "a skipped image has n = nA = 0"),
+        ({"predict": rows["label"][skipped[0]], "correct": 1}, "skipped image .* has predict -1"),
+    ]:
+        copy = tmp_path / "copy.tsv"
+        copy.write_text(log.read_text())
+        line = edited(copy, rows["idx"][skipped[0]], **values)
+        with pytest.raises(ValueError, match=rf"copy\.tsv line {line}: .*{message}"):
+            merge_logs([copy], sigma=0.25)
+
+
+def test_unlabelled_logs_have_their_radii_checked(smooth, dataset, tmp_path):
+    log = tmp_path / "log.tsv"
+    columns = UNLABELLED_LOG_COLUMNS
+    rows = certify_dataset(smooth, dataset, range(10), FIXED, log, progress=False, labelled=False)
+    assert merge_logs([log], columns=columns, sigma=0.25)["idx"].tolist() == list(range(10))
+    certified = (rows["predict"] != -1).nonzero()[0][0]
+    line = edited(log, rows["idx"][certified], columns, radius=rows["radius"][certified] * 2)
+    with pytest.raises(ValueError, match=rf"log\.tsv line {line}: radius must be"):
+        merge_logs([log], columns=columns, sigma=0.25)

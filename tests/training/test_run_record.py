@@ -23,8 +23,8 @@ def test_a_checkpoint_of_other_settings_is_refused_and_resume_off_starts_over(tm
     check_run_dir(tmp_path, {"model": {"width": 8}}, resume=True)
     with pytest.raises(
         ValueError,
-        match=r"holds a run with other settings \(model\): model\.width: 8 -> 16; use a fresh "
-        r"run folder or turn resume off",
+        match=r"holds a run with other settings \(model\): model\.width: 8 -> 16; delete it to "
+        r"start this run over \(other runs still resume\), or turn resume off to start every",
     ):
         claim_run_dir(tmp_path, {"model": {"width": 16}}, resume=True)
     claim_run_dir(tmp_path, {"model": {"width": 16}}, resume=False)

@@ -10,7 +10,14 @@ import torch
 from dmae_pipeline.data import cifar10
 from dmae_pipeline.data.digits import DIGITS_SIZE, read_digits
 from dmae_pipeline.data.imagefolder import read_imagefolder
-from dmae_pipeline.data.splits import Source, split_indices, split_length, split_sizes, subset
+from dmae_pipeline.data.splits import (
+    Source,
+    split_digest,
+    split_indices,
+    split_length,
+    split_sizes,
+    subset,
+)
 
 SourceName = Literal["digits", "cifar10", "imagefolder"]
 """The sources ``prepare`` reads."""
@@ -89,6 +96,7 @@ def prepare(
         "mean": mean,
         "std": std,
         "split_sizes": {part: split_length(splits[part]) for part in ("train", "val", "test")},
+        "split_digests": {part: split_digest(splits[part]) for part in ("train", "val", "test")},
     }
     return spec, {part: splits[part] for part in ("train", "val", "test")}
 

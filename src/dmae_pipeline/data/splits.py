@@ -8,10 +8,14 @@ A split is a dict in one of two forms:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+
+from dmae_pipeline.io import state_digest
 
 IN_MEMORY_KEYS = frozenset({"images", "labels"})
 ON_DISK_KEYS = frozenset({"root", "paths", "labels"})
@@ -58,6 +62,15 @@ def check_split(split: Mapping) -> str:
         f"a split must have keys {sorted(IN_MEMORY_KEYS)} or {sorted(ON_DISK_KEYS)}, "
         f"got {sorted(keys)}"
     )
+
+
+def split_digest(split: Mapping) -> str:
+    """SHA-256 of a split's images (or file list) and labels; not of ``root``, which moves with
+    the data."""
+    tensors = {k: v for k, v in split.items() if torch.is_tensor(v)}
+    other = {k: v for k, v in split.items() if k not in tensors and k != "root"}
+    text = state_digest(tensors) + json.dumps(other, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def split_length(split: Mapping) -> int:

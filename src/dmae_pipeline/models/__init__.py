@@ -3,7 +3,14 @@
 from dmae_pipeline.models.architecture import architecture_problems, check_architecture
 from dmae_pipeline.models.classifier import ViTClassifier, build_classifier, classifier_config
 from dmae_pipeline.models.dmae import DMAE, LossOn, build_dmae, dmae_config
-from dmae_pipeline.models.init import load_classifier, load_init, read_init, seeded
+from dmae_pipeline.models.init import (
+    finetuned_sigma,
+    load_classifier,
+    load_init,
+    public_classifier_config,
+    read_init,
+    seeded,
+)
 from dmae_pipeline.models.presets import PRESETS, encoder_config
 from dmae_pipeline.models.weights import (
     cpu_state,
@@ -27,9 +34,11 @@ __all__ = [
     "encoder_config",
     "export_finetuned",
     "export_pretrained",
+    "finetuned_sigma",
     "load_classifier",
     "load_init",
     "load_pretrained",
+    "public_classifier_config",
     "read_init",
     "seeded",
 ]

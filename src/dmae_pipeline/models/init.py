@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from dmae_pipeline.io import safe_torch_load
-from dmae_pipeline.models.classifier import ViTClassifier, build_classifier
+from dmae_pipeline.models.classifier import ViTClassifier, build_classifier, classifier_config
+from dmae_pipeline.models.presets import PRESETS
 from dmae_pipeline.models.weights import load_pretrained, read_state_dict
 
 M = TypeVar("M", bound=nn.Module)
@@ -46,19 +47,76 @@ def load_init(model: nn.Module, state: Mapping[str, torch.Tensor], new_keys: Col
         )
 
 
-def load_classifier(checkpoint: Mapping[str, Any], name: str, **expected: Any) -> ViTClassifier:
-    """The classifier of a finetuned checkpoint {"model", "config", "sigma", ...}, in eval mode.
+def public_classifier_config(
+    state: Mapping[str, torch.Tensor], mean: list[float], std: list[float]
+) -> dict[str, Any]:
+    """The classifier config of a state dict with the public DMAE code's names (its
+    ``models_vit.VisionTransformer`` with global pooling): the architecture from the tensors'
+    shapes (the heads from the preset of that width and depth), the pixel statistics given."""
+    try:
+        width, in_chans, patch, _ = state["patch_embed.proj.weight"].shape
+        num_classes = state["head.weight"].shape[0]
+        tokens = state["pos_embed"].shape[1] - 1
+        hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
+    except KeyError as e:
+        raise ValueError(f"lacks {e}: not a ViT classifier of the public DMAE code") from None
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    preset = next(
+        (p for p, s in PRESETS.items() if (s["embed_dim"], s["depth"]) == (width, depth)), None
+    )
+    if preset is None:
+        raise ValueError(
+            f"is a ViT {width} wide and {depth} deep, which no preset is ({sorted(PRESETS)}), so "
+            "its number of heads is unknown"
+        )
+    return classifier_config(
+        preset,
+        num_classes,
+        img_size=round(tokens**0.5) * patch,
+        patch_size=patch,
+        in_chans=in_chans,
+        mlp_ratio=hidden / width,
+        mean=mean,
+        std=std,
+    )
 
-    Refuses, naming the checkpoint ``name``, one that is malformed, whose weights do not fit its
-    config, or whose config differs from ``expected`` (e.g. num_classes=10).
-    """
-    if not isinstance(checkpoint, Mapping) or not {"model", "config", "sigma"} <= set(checkpoint):
+
+def finetuned_sigma(checkpoint: Any, name: str) -> float:
+    """The noise level a finetuned checkpoint was trained at: its 'sigma' (the pipeline's) or its
+    ``args.sigma`` (the public DMAE code's {"model", "optimizer", "epoch", "scaler", "args"})."""
+    if isinstance(checkpoint, Mapping) and "config" not in checkpoint and "args" in checkpoint:
+        sigma = getattr(checkpoint["args"], "sigma", None)
+    elif isinstance(checkpoint, Mapping) and {"model", "config", "sigma"} <= set(checkpoint):
+        sigma = checkpoint["sigma"]
+    else:
         keys = sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint)
-        raise ValueError(f"{name} must hold 'model', 'config' and 'sigma', got {keys}")
-    sigma = checkpoint["sigma"]
+        raise ValueError(
+            f"{name} must hold 'model', 'config' and 'sigma' (the finetune pipeline's) or "
+            f"'model' and 'args' with args.sigma (the public DMAE code's), got {keys}"
+        )
     if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not sigma > 0:
         raise ValueError(f"{name} has sigma {sigma!r}; expected a positive number")
-    config = dict(checkpoint["config"])
+    return float(sigma)
+
+
+def load_classifier(checkpoint: Mapping[str, Any], name: str, **expected: Any) -> ViTClassifier:
+    """The classifier of a finetuned checkpoint, in eval mode: the finetune pipeline's
+    {"model", "config", "sigma", ...}, or the public DMAE code's {"model", "args", ...}, whose
+    config comes from its weights' shapes and ``expected``'s pixel statistics (mean, std).
+
+    Refuses, naming the checkpoint ``name``, one that is malformed, whose weights do not fit its
+    config, or whose config differs from ``expected`` (e.g. num_classes=10, the dataset's mean).
+    """
+    finetuned_sigma(checkpoint, name)
+    if "config" in checkpoint:
+        config = dict(checkpoint["config"])
+    else:
+        try:
+            config = public_classifier_config(
+                checkpoint["model"], expected["mean"], expected["std"]
+            )
+        except ValueError as e:
+            raise ValueError(f"{name} {e}") from None
     for key, value in expected.items():
         if config.get(key) != value:
             raise ValueError(f"{name} is a classifier with {key}={config.get(key)!r}, not {value}")

@@ -11,6 +11,7 @@ from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import norm
 
 from dmae_pipeline.io import atomic_write
 
@@ -101,6 +102,49 @@ def read_log(path: str | Path) -> Log:
     return _parse(text, path)
 
 
+RADIUS_TOLERANCE = 1e-6
+"""How far (absolute and relative) a logged radius may be from sigma * Phi^-1(pA_lower): the log
+writes floats exactly, so this only absorbs another scipy's rounding or a shorter format."""
+
+
+def check_rows(log: Log, path: str | Path, sigma: float | None) -> None:
+    """Refuse a log with a row that CERTIFY cannot have written, naming the file and the line.
+
+    ``correct`` is ``predict == label`` (an abstention, predict -1, is never correct); a
+    certified row has pA_lower >= 0.5 and radius sigma * Phi^-1(pA_lower) (checked when ``sigma``
+    is given), an abstention radius 0 and, unless skipped, pA_lower < 0.5; a ``skipped`` row
+    (stop_at_selection) is an abstention that drew no estimation sample (n = nA = 0). Logs
+    without labels have no ``correct`` to check.
+    """
+    abstain, skipped = log["predict"] == -1, log["estimation"] == SKIPPED
+    p_a, radius = log["pA_lower"], log["radius"]
+    rules = []  # (rows that break the rule, what the rule is)
+    if "correct" in log:
+        rules += [
+            (abstain & (log["correct"] != 0), "an abstention (predict -1) is never correct"),
+            (log["correct"] != (log["predict"] == log["label"]), "correct must be predict==label"),
+        ]
+    rules += [
+        (skipped & ~abstain, "a skipped image (stop_at_selection) has predict -1"),
+        (skipped & ((log["n"] != 0) | (log["nA"] != 0)), "a skipped image has n = nA = 0"),
+        (abstain & (radius != 0), "an abstention has radius 0"),
+        (abstain & ~skipped & (p_a >= 0.5), "an abstention has pA_lower < 0.5"),
+        (~abstain & (p_a < 0.5), "a certified prediction has pA_lower >= 0.5"),
+    ]
+    if sigma is not None:
+        expected = sigma * norm.ppf(np.clip(p_a, 0.5, 1.0))
+        off = ~np.isclose(radius, expected, rtol=RADIUS_TOLERANCE, atol=RADIUS_TOLERANCE)
+        rules.append((~abstain & off, f"radius must be sigma * Phi^-1(pA_lower), sigma = {sigma}"))
+    broken = [(int(np.flatnonzero(rows)[0]), rule) for rows, rule in rules if rows.any()]
+    if broken:
+        row, rule = min(broken, key=lambda b: b[0])
+        values = ", ".join(f"{c}={log[c][row]}" for c in log if c != "time")
+        raise ValueError(
+            f"{path} line {row + 2}: {rule}, got {values}; the log was edited or is corrupt: "
+            "delete it (or that line) and certify again"
+        )
+
+
 def _check_columns(log: Log, path: str | Path, columns: Sequence[str] = LOG_COLUMNS) -> None:
     if tuple(log) != tuple(columns):
         raise ValueError(f"{path} has columns {list(log)}, expected {list(columns)}")
@@ -157,9 +201,13 @@ def merge_logs(
     paths: Iterable[str | Path],
     out_path: str | Path | None = None,
     columns: Sequence[str] = LOG_COLUMNS,
+    sigma: float | None = None,
 ) -> Log:
     """Join the logs of shards into one, sorted by ``idx``; write it atomically to ``out_path`` if
-    given. ``columns``: the logs' header (``UNLABELLED_LOG_COLUMNS`` for images without labels).
+    given. ``columns``: the logs' header (``UNLABELLED_LOG_COLUMNS`` for images without labels);
+    ``sigma``: the noise level they were certified at (None: radii are not checked).
+
+    Every row is checked first (``check_rows``).
 
     A row repeated with the same certificate (every column but ``time`` equal, as two runs of the
     same settings write it) is kept once. Refuses logs that disagree about an image, mix fixed and
@@ -172,6 +220,7 @@ def merge_logs(
     for path in paths:
         log = read_log(path)
         _check_columns(log, path, columns)
+        check_rows(log, path, sigma)
         rows += zip(*(log[c].tolist() for c in columns), strict=True)
     kept: dict[int, tuple] = {}
     for row in sorted(rows, key=lambda row: row[0]):
@@ -202,6 +251,7 @@ def merge_shard_logs(
     paths: Iterable[str | Path],
     shards: Sequence[Collection[int]],
     columns: Sequence[str] = LOG_COLUMNS,
+    sigma: float | None = None,
 ) -> Log:
     """The rows of the shards' images, sorted by ``idx``, from the logs at ``paths`` (joined as
     ``merge_logs`` joins them; any split of the images over the logs will do).
@@ -209,10 +259,14 @@ def merge_shard_logs(
     :param paths: certification logs of one model and settings (none is allowed)
     :param shards: the image indices of each shard (e.g. from ``shard_indices``)
     :param columns: the logs' header
+    :param sigma: the noise level the logs were certified at (see ``check_rows``)
     :raises IncompleteCertificationError: naming every shard whose images the logs lack
     """
     paths = list(paths)
-    log = merge_logs(paths, columns=columns) if paths else {c: _column(c, []) for c in columns}
+    if paths:
+        log = merge_logs(paths, columns=columns, sigma=sigma)
+    else:
+        log = {c: _column(c, []) for c in columns}
     done = set(log["idx"].tolist())
     lacking = [(i, len(set(shard) - done), len(shard)) for i, shard in enumerate(shards)]
     detail = [f"shard {i} lacks {m} of {size}" for i, m, size in lacking if m]

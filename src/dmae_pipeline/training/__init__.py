@@ -7,12 +7,19 @@ from dmae_pipeline.training.engine import NonFiniteLossError, Stream, derive_see
 from dmae_pipeline.training.evaluate import accuracy_evaluator, noisy_accuracy
 from dmae_pipeline.training.losses import LossFn, consistency_loss, noisy_classification_loss
 from dmae_pipeline.training.optim import build_optimizer, param_groups
-from dmae_pipeline.training.run_record import check_run_dir, claim_run_dir
+from dmae_pipeline.training.run_record import (
+    DataMismatchError,
+    check_provenance,
+    check_run_dir,
+    claim_run_dir,
+    provenance,
+)
 from dmae_pipeline.training.schedule import lr_at, peak_lr
 
 __all__ = [
     "RUNTIME_KEYS",
     "Amp",
+    "DataMismatchError",
     "Device",
     "LossFn",
     "NonFiniteLossError",
@@ -21,6 +28,7 @@ __all__ = [
     "accuracy_evaluator",
     "autocast_dtype",
     "build_optimizer",
+    "check_provenance",
     "check_run_dir",
     "claim_run_dir",
     "consistency_loss",
@@ -33,6 +41,7 @@ __all__ = [
     "noisy_classification_loss",
     "param_groups",
     "peak_lr",
+    "provenance",
     "resolve_device",
     "split_batch",
 ]

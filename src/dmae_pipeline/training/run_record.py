@@ -1,4 +1,5 @@
-"""A run folder's fingerprint (run.json), so that a changed run never resumes its checkpoints.
+"""A run folder's fingerprint (run.json), so that a changed run never resumes its checkpoints,
+and a checkpoint's provenance, so that a model is never used on data it may have trained on.
 
 ``fit`` checks the training settings itself; the fingerprint adds what the engine cannot see: the
 model, the data, the augmentation, the initial weights, the loss.
@@ -6,14 +7,17 @@ model, the data, the augmentation, the initial weights, the loss.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dmae_pipeline import distributed
-from dmae_pipeline.io import atomic_write
+from dmae_pipeline.io import UserError, atomic_write, state_digest
 from dmae_pipeline.training.checkpoint import LAST
 
 logger = logging.getLogger(__name__)
@@ -40,9 +44,10 @@ def check_run_dir(run_dir: Path, fingerprint: Mapping[str, Any], resume: bool) -
     if changed:
         sections = sorted({k.split(".")[0] for k in changed})
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
-        raise ValueError(
+        raise UserError(
             f"{run_dir} holds a run with other settings ({', '.join(sections)}): {details}; "
-            "use a fresh run folder or turn resume off to start over"
+            "delete it to start this run over (other runs still resume), or turn resume off to "
+            "start every run over"
         )
 
 
@@ -60,3 +65,40 @@ def claim_run_dir(run_dir: Path, fingerprint: Mapping[str, Any], resume: bool) -
     check_run_dir(run_dir, fingerprint, resume)
     with atomic_write(run_dir / RUN_RECORD, "w") as f:
         json.dump(fingerprint, f, indent=2)
+
+
+class DataMismatchError(UserError):
+    """A checkpoint was trained on other splits than the current ones."""
+
+
+def provenance(spec: Mapping[str, Any], init: Mapping[str, torch.Tensor] | None) -> dict[str, Any]:
+    """What a checkpoint was trained on: the dataset spec's and its splits' digests, and the
+    digest of its initial weights (None: from scratch)."""
+    text = json.dumps(spec, sort_keys=True)
+    return {
+        "dataset_spec": hashlib.sha256(text.encode()).hexdigest(),
+        "splits": dict(spec["split_digests"]),
+        "init_sha256": None if init is None else state_digest(init),
+    }
+
+
+def check_provenance(checkpoint: Any, spec: Mapping[str, Any], name: str, use: str) -> None:
+    """Refuse to ``use`` (certify, train from) a checkpoint trained on other splits than those
+    of ``spec``, naming both. A checkpoint without provenance (a released file, the public DMAE
+    code's) is taken as it is."""
+    recorded = checkpoint.get("provenance") if isinstance(checkpoint, Mapping) else None
+    if recorded is None:
+        logger.info("%s records no training data; it is taken as it is", name)
+        return
+    theirs, ours = recorded["splits"], spec["split_digests"]
+    if theirs != ours:
+
+        def short(digests: Mapping[str, str]) -> str:
+            return ", ".join(f"{part} {digests[part][:12]}" for part in sorted(digests))
+
+        raise DataMismatchError(
+            f"{name} was trained on other splits ({short(theirs)}) than the current ones "
+            f"({short(ours)}, from data_prep), so its training images may be among the test "
+            f"images; cannot {use} it. Train it again on the current splits, or restore the "
+            "data_prep parameters it was trained with and run data_prep again"
+        )

@@ -16,7 +16,8 @@ import pandas as pd
 
 from dmae_pipeline import distributed
 from dmae_pipeline.data import SplitDataset, build_transform
-from dmae_pipeline.models import load_classifier
+from dmae_pipeline.io import UserError
+from dmae_pipeline.models import finetuned_sigma, load_classifier
 from dmae_pipeline.params import CertifyParams
 from dmae_pipeline.reporting.names import sigma_label
 from dmae_pipeline.smoothing import (
@@ -30,7 +31,7 @@ from dmae_pipeline.smoothing import (
     merge_shard_logs,
     shard_indices,
 )
-from dmae_pipeline.training import autocast_dtype, resolve_device
+from dmae_pipeline.training import autocast_dtype, check_provenance, resolve_device
 
 
 def certify_test_split(
@@ -43,8 +44,10 @@ def certify_test_split(
 ) -> dict[str, dict[str, Any]]:
     """CERTIFY this shard of the selected test images with the model of every sigma in ``sigmas``
     (``finetune.sigmas``), this process's share of them under torchrun; every process waits for
-    the others at the end. Sequential CERTIFY settles the certificates at ``radii``
-    (``report.radii``).
+    the others at the end. A model is refused if it was finetuned at another sigma, on other
+    splits (its provenance) or for other pixel statistics than the dataset's; the public DMAE
+    code's finetuned files are taken as they are (``load_classifier``). Sequential CERTIFY
+    settles the certificates at ``radii`` (``report.radii``).
 
     Returns, per model, its sigma, the path prefix of its logs and the image indices of every
     shard, for ``merge_certification_logs``.
@@ -56,16 +59,31 @@ def certify_test_split(
             f"finetuned_models has no {', '.join(missing)} for finetune.sigmas {sigmas}: run the "
             "finetune pipeline first"
         )
-    models, sigma_of = {}, {}
+    models, sigma_of = {}, dict(zip(names, sigmas, strict=True))
     for name in names:  # every model is checked before any work
-        checkpoint = finetuned_models[name]()
+        checkpoint, described = finetuned_models[name](), f"finetuned_models partition {name!r}"
+        trained_at = finetuned_sigma(checkpoint, described)
+        if trained_at != sigma_of[name]:
+            raise UserError(
+                f"{described} holds a model finetuned at sigma {trained_at:g}, not "
+                f"{sigma_of[name]:g} (finetune.sigmas): name its file {sigma_label(trained_at)}.pt"
+            )
+        check_provenance(checkpoint, dataset_spec, described, "certify")
         models[name] = load_classifier(
             checkpoint,
-            f"finetuned_models partition {name!r}",
+            described,
             num_classes=dataset_spec["num_classes"],
             in_chans=dataset_spec["channels"],
+            mean=dataset_spec["mean"],
+            std=dataset_spec["std"],
         )
-        sigma_of[name] = float(checkpoint["sigma"])
+    try:
+        Path(certify.log_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"certify.log_dir: cannot create {certify.log_dir} ({e.strerror}); name a folder "
+            "this process can write"
+        ) from None
     settings = CertifySettings(
         **certify.model_dump(
             include={"n0", "n", "alpha", "batch_size", "stop_at_selection", "seed"}
@@ -120,7 +138,9 @@ def merge_certification_logs(certification_logs: Mapping[str, Mapping[str, Any]]
     for name, entry in certification_logs.items():
         count = len(entry["shards"])
         try:
-            log = merge_shard_logs(log_files(entry["prefix"]), entry["shards"])
+            log = merge_shard_logs(
+                log_files(entry["prefix"]), entry["shards"], sigma=entry["sigma"]
+            )
         except IncompleteCertificationError as e:
             raise IncompleteCertificationError(
                 f"{name}: {e}; certify them with certify.shard_index=<shard> "

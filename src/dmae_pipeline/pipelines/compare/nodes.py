@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+from dmae_pipeline.io import UserError
 from dmae_pipeline.params import SCRATCH, CompareParams, ReportParams
 from dmae_pipeline.reporting import comparison
 
@@ -37,7 +38,7 @@ def collect_runs(
             f"--params=compare.variant={v},compare.seed={s}"
             for v, s in missing
         )
-        raise FileNotFoundError(
+        raise UserError(
             f"the comparison lacks the certification results of {len(missing)} of its "
             f"{len(runs)} runs; run them with\n{commands}"
         )

@@ -12,12 +12,11 @@ import torch
 from matplotlib.figure import Figure
 
 from dmae_pipeline.data import SplitDataset, build_transform
-from dmae_pipeline.io import state_digest
 from dmae_pipeline.models import DMAE, build_dmae, check_architecture, cpu_state
 from dmae_pipeline.params import CifarPretrainParams, PretrainParams
 from dmae_pipeline.reporting.names import sigma_label
 from dmae_pipeline.reporting.reconstruction import reconstruction_figure
-from dmae_pipeline.training import Stream, derive_seed
+from dmae_pipeline.training import Stream, derive_seed, provenance
 from dmae_pipeline.training_stages import (
     dataset_fields,
     initial_model,
@@ -56,10 +55,11 @@ def train_dmae(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], Figure]:
     """Train a DMAE on ``train_split`` from ``params.init`` (pretrain and cifar_pretrain).
 
-    Returns the pipeline checkpoint {"model", "config", "epoch", "params"}, the released plain
-    state dict and the reconstruction figure of the first ``figure_images`` training images.
+    Returns the pipeline checkpoint {"model", "config", "epoch", "params", "provenance"}, the
+    released plain state dict and the reconstruction figure of the first ``figure_images``
+    training images.
     """
-    state, base, source = initial_weights(params, checkpoints)
+    state, base, source = initial_weights(params, checkpoints, dataset_spec)
     config = params.architecture({**base, **dataset_fields(dataset_spec)})
     check_architecture(config, f"{params.block}.model")
     model = initial_model(build_dmae, config, params, state)
@@ -75,11 +75,13 @@ def train_dmae(
         source,
         len(train_set),
     )
+    trained_on = provenance(dataset_spec, state)
     fingerprint = {
         "model": model.config,
         "augment": params.augment.transform_args(),
         "dataset": {k: dataset_spec[k] for k in ("name", "image_size", "channels", "split_sizes")},
-        "init": None if state is None else state_digest(state),
+        "data": trained_on["splits"],
+        "init": trained_on["init_sha256"],
     }
     history = train(
         model,
@@ -106,6 +108,7 @@ def train_dmae(
         "config": model.config,
         "epoch": history[-1]["epoch"],
         "params": params.model_dump(mode="json"),  # what it was trained with, for MLflow
+        "provenance": trained_on,
     }
     return checkpoint, state, reconstruction_figure(model, images, params.block, generator)
 

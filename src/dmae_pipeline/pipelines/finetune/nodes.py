@@ -22,7 +22,6 @@ from typing import Any
 import pandas as pd
 
 from dmae_pipeline.data import SplitDataset, build_transform
-from dmae_pipeline.io import state_digest
 from dmae_pipeline.models import build_classifier, check_architecture, cpu_state
 from dmae_pipeline.params import FinetuneParams
 from dmae_pipeline.reporting.names import format_value, sigma_label
@@ -31,8 +30,14 @@ from dmae_pipeline.training import (
     check_run_dir,
     noisy_classification_loss,
     param_groups,
+    provenance,
 )
-from dmae_pipeline.training_stages import dataset_fields, initial_model, initial_weights, train
+from dmae_pipeline.training_stages import (
+    dataset_fields,
+    initial_model,
+    initial_weights,
+    train,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +56,12 @@ def finetune_classifiers(
     """Finetune one classifier per sigma; keep each at its best noisy validation accuracy.
 
     Returns the partitions ``sigma_<sigma>`` -> {"model", "config", "sigma", "epoch", "val",
-    "init", "params"} and the validation table (sigma as the tables write it, "0.50"; epoch,
-    clean_acc, noisy_acc of the kept epochs).
+    "init", "params", "provenance"} and the validation table (sigma as the tables write it,
+    "0.50"; epoch, clean_acc, noisy_acc of the kept epochs).
     Every run folder is checked before the first run starts. The test split is not an input.
     """
     checkpoints = {"pretrain": pretrained_model, "cifar_pretrain": cifar_pretrained_model}
-    state, base, source = initial_weights(params, checkpoints)
+    state, base, source = initial_weights(params, checkpoints, dataset_spec)
     config = params.architecture(
         {**base, **dataset_fields(dataset_spec)}, dataset_spec["num_classes"]
     )
@@ -65,9 +70,11 @@ def finetune_classifiers(
         train_split, build_transform(dataset_spec, True, params.augment.transform_args())
     )
     val_set = SplitDataset(val_split, build_transform(dataset_spec, False))
+    trained_on = provenance(dataset_spec, state)
     common = {
         "init": params.init,
-        "init_sha256": None if state is None else state_digest(state),
+        "init_sha256": trained_on["init_sha256"],
+        "data": trained_on["splits"],
         "classifier": config,
         "layer_decay": params.layer_decay,
         "augment": params.augment.transform_args(),
@@ -117,6 +124,7 @@ def finetune_classifiers(
             "val": val,
             "init": params.init,
             "params": params.model_dump(mode="json"),  # what it was trained with, for MLflow
+            "provenance": trained_on,
         }
         rows.append({"sigma": format_value(loss["sigma"]), "epoch": epoch, **val})
     return partitions, pd.DataFrame(rows, columns=COLUMNS)

@@ -103,7 +103,7 @@ def merge_predictions(prediction_logs: Mapping[str, Any]) -> pd.DataFrame:
     tables = []
     for entry in prediction_logs["models"].values():
         paths, images = log_files(entry["prefix"]), [range(len(inputs))]
-        log = merge_shard_logs(paths, images, UNLABELLED_LOG_COLUMNS)
+        log = merge_shard_logs(paths, images, UNLABELLED_LOG_COLUMNS, entry["sigma"])
         tables.append(predictions(log, inputs, entry["sigma"], entry["class_names"]))
     table = pd.concat(tables, ignore_index=True)
     return table.sort_values(["sigma", "idx"], kind="stable").reset_index(drop=True)
