@@ -22,7 +22,7 @@ from kedro.validation.exceptions import ParameterValidationError
 
 from conftest import PROJECT_ROOT, run_kedro
 from dmae_pipeline.hooks import dvc_repro_id, run_name, run_summary
-from dmae_pipeline.io import command_line, exclusive_lock
+from dmae_pipeline.io import LockedError, command_line, exclusive_lock
 
 KIND = "mlflow.experimentKind"
 
@@ -112,7 +112,7 @@ def test_a_second_run_writing_the_same_outputs_stops_at_once(kedro_project):
     try:
         assert ready.wait(60)
         expected = rf"pid {holder.pid} on {socket.gethostname()}, `.+`\) is using {spec}, an"
-        with pytest.raises(SystemExit, match=expected):  # its message alone, no traceback
+        with pytest.raises(LockedError, match=expected):
             run_kedro(kedro_project, "data_prep", "test")
     finally:
         release.set()
@@ -177,7 +177,7 @@ def test_a_dead_tracking_server_stops_the_run_at_once_in_one_line(kedro_project)
     assert process.returncode == 1
     assert "Traceback" not in output
     last = output.strip().splitlines()[-1]
-    assert last.startswith(f"The MLflow tracking server {uri} does not answer"), output
+    assert last.startswith(f"Error: The MLflow tracking server {uri} does not answer"), output
     assert not (kedro_project / "data/05_model_input/dataset_spec.json").exists()
 
 

@@ -35,7 +35,7 @@ from pydantic import BaseModel
 from dmae_pipeline import distributed
 from dmae_pipeline.catalog import DistributedCatalog
 from dmae_pipeline.data import expected_spec
-from dmae_pipeline.io import LockedError, command_line, exclusive_lock
+from dmae_pipeline.io import LockedError, UserError, command_line, exclusive_lock
 from dmae_pipeline.params import check_run
 
 logger = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
         return  # it answers
     except (OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
-        raise SystemExit(
+        raise UserError(
             f"The MLflow tracking server {uri} does not answer ({reason}): start it, or point "
             "MLFLOW_TRACKING_URI at one that runs (unset, runs go to mlflow.db in the project)"
         ) from None
@@ -341,14 +341,16 @@ class OutputLockHook:
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        # A run that another hook refused before its first node never reached the hooks below.
+        self._locks.close()
         paths = {local_path(catalog[name]) for name in pipeline.all_outputs() if name in catalog}
         try:
             for path in sorted(p for p in paths if p is not None):
                 lock = path.with_name(f".{path.name}.lock")
                 self._locks.enter_context(exclusive_lock(lock, f"{path}, an output of this run"))
-        except LockedError as e:
+        except LockedError:
             self._locks.close()
-            raise SystemExit(str(e)) from None  # one line, no traceback: nothing has run
+            raise
 
     @hook_impl
     def after_pipeline_run(self) -> None:

@@ -77,7 +77,7 @@ def state_digest(state: Mapping[str, Any]) -> str:
     return digest.hexdigest()
 
 
-class LockedError(RuntimeError):
+class LockedError(UserError):
     """Another process holds the lock."""
 
 

@@ -254,7 +254,7 @@ def test_logs_of_other_settings_are_never_resumed(project):
     """A log's name carries the mode, the sequential test's radii and stop_at_selection: a run
     with other ones starts new logs; the radii leave fixed-n logs alone."""
     count = 0
-    other_radii = {"radii": [0.0, 0.5]}
+    other_radii = {"radii": [0.0, 0.5], "summary_radii": [0.5]}
     sequential = {"mode": "sequential"}
     for certify, report, new_logs in [
         ({}, {}, 2),

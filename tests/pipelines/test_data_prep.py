@@ -85,4 +85,5 @@ def test_a_malformed_dataset_spec_is_named_before_any_training(kedro_project, co
         run_kedro(kedro_project, "pretrain", "test")
     assert "dataset_spec.json is not a dataset spec" in str(refused.value)
     assert message in str(refused.value) and "run the data_prep pipeline" in str(refused.value)
-    assert not (kedro_project / "data/06_models/pretrain").exists()
+    written = (kedro_project / "data/06_models").rglob("*")
+    assert [p.name for p in written if p.is_file() and p.suffix != ".lock"] == [".gitkeep"]

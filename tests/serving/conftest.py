@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import mlflow
 import pytest
@@ -47,21 +48,22 @@ def registered(tmp_path_factory, empty_mlflow_db) -> SimpleNamespace:
         "serving", artifact_location=(folder / "mlruns").as_uri()
     )
     previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        with mlflow.start_run(experiment_id=experiment) as run:
-            info = log_smoothed_classifier(
-                tiny_checkpoint(),
-                SPEC,
-                DEFAULTS,
-                LIMITS,
-                images(1, seed=99),
-                radii=RADII,
-                name="sigma_0_25",
-                registered_model_name=NAME,
-            )
-    finally:
-        mlflow.set_tracking_uri(previous)
+    with mock.patch.dict(os.environ):  # set_tracking_uri exports the URI to the environment
+        mlflow.set_tracking_uri(uri)
+        try:
+            with mlflow.start_run(experiment_id=experiment) as run:
+                info = log_smoothed_classifier(
+                    tiny_checkpoint(),
+                    SPEC,
+                    DEFAULTS,
+                    LIMITS,
+                    images(1, seed=99),
+                    radii=RADII,
+                    name="sigma_0_25",
+                    registered_model_name=NAME,
+                )
+        finally:
+            mlflow.set_tracking_uri(previous)
     return SimpleNamespace(uri=uri, folder=folder, info=info, run_id=run.info.run_id)
 
 
