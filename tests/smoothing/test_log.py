@@ -2,14 +2,11 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from dmae_pipeline.smoothing import (
     LOG_COLUMNS,
     UNLABELLED_LOG_COLUMNS,
-    CertifySettings,
     IncompleteCertificationError,
-    Smooth,
     certify_dataset,
     merge_logs,
     merge_shard_logs,
@@ -17,36 +14,7 @@ from dmae_pipeline.smoothing import (
     shard_indices,
 )
 
-from .toys import LinearModel
-
-FIXED = CertifySettings(n0=16, n=64, alpha=0.05, batch_size=24, seed=11)
-SEQUENTIAL = dataclasses.replace(FIXED, n=2000, radii=(0.0, 0.1, 0.2))
-
-
-@pytest.fixture
-def dataset():
-    generator = torch.Generator().manual_seed(0)
-    images = torch.rand(10, 1, 4, 4, generator=generator)
-    labels = torch.randint(0, 3, (10,), generator=generator)
-    return list(zip(images, labels, strict=True))
-
-
-@pytest.fixture
-def smooth():
-    return Smooth(LinearModel(16, 3), 3, sigma=0.25)
-
-
-def run(smooth, dataset, indices, path):
-    return certify_dataset(smooth, dataset, indices, FIXED, path, progress=False)
-
-
-def run_sequential(smooth, dataset, indices, path):
-    return certify_dataset(smooth, dataset, indices, SEQUENTIAL, path, progress=False)
-
-
-def without_time(path) -> list[list[str]]:
-    rows = [line.split("\t") for line in path.read_text().splitlines()]
-    return [row[:5] + row[6:] for row in rows]
+from .certifying import FIXED, SEQUENTIAL, run, run_sequential, without_time
 
 
 def assert_same_certificates(log, other):

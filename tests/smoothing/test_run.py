@@ -23,41 +23,24 @@ from dmae_pipeline.smoothing import (
 )
 from dmae_pipeline.smoothing.log import lock_path
 
+from .certifying import (
+    ALPHA,
+    BATCH,
+    FIXED,
+    N0,
+    RADII,
+    SEED,
+    SEQUENTIAL,
+    SIGMA,
+    N,
+    run,
+    run_sequential,
+    without_time,
+)
 from .toys import ConstantModel, LinearModel
 
-N0, N, ALPHA, BATCH, SEED, SIGMA = 16, 64, 0.05, 24, 11, 0.25
-FIXED = CertifySettings(n0=N0, n=N, alpha=ALPHA, batch_size=BATCH, seed=SEED)
-RADII = (0.0, 0.1, 0.2)
-SEQUENTIAL = dataclasses.replace(FIXED, n=2000, radii=RADII)
 IMAGE_SEED_11_6 = 3542400507103910181
 FIXED_FINGERPRINT, SEQUENTIAL_FINGERPRINT = "50fe862298a2", "9404f7155a3a"  # of MODEL and DATA
-
-
-@pytest.fixture
-def dataset():
-    generator = torch.Generator().manual_seed(0)
-    images = torch.rand(10, 1, 4, 4, generator=generator)
-    labels = torch.randint(0, 3, (10,), generator=generator)
-    return list(zip(images, labels, strict=True))
-
-
-@pytest.fixture
-def smooth():
-    return Smooth(LinearModel(16, 3), 3, sigma=SIGMA)
-
-
-def run(smooth, dataset, indices, path, settings=FIXED, **kwargs):
-    return certify_dataset(smooth, dataset, indices, settings, path, progress=False, **kwargs)
-
-
-def run_sequential(smooth, dataset, indices, path, stop_at_selection=False, **kwargs):
-    settings = dataclasses.replace(SEQUENTIAL, stop_at_selection=stop_at_selection)
-    return run(smooth, dataset, indices, path, settings, **kwargs)
-
-
-def without_time(path) -> list[list[str]]:
-    rows = [line.split("\t") for line in path.read_text().splitlines()]
-    return [row[:5] + row[6:] for row in rows]
 
 
 def sorted_rows(path) -> list[list[str]]:
