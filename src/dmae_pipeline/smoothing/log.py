@@ -59,6 +59,8 @@ def _complete_text(path: Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"certification log {path} does not exist")
     text = path.read_text()
+    if "\n" not in text:
+        raise ValueError(f"{path} has no complete header line; delete it to start over")
     return text[: text.rfind("\n") + 1]
 
 
@@ -96,26 +98,11 @@ def read_log(path: str | Path) -> Log:
     """Read a certification log (this package's, labelled or not, or Cohen et al.'s six-column
     one) as columns, ignoring a trailing incomplete row."""
     path = Path(path)
-    text = _complete_text(path)
-    if not text:
-        raise ValueError(f"{path} is empty: expected a header line of certification log columns")
-    return _parse(text, path)
-
-
-RADIUS_TOLERANCE = 1e-6
-"""How far (absolute and relative) a logged radius may be from sigma * Phi^-1(pA_lower): the log
-writes floats exactly, so this only absorbs another scipy's rounding or a shorter format."""
+    return _parse(_complete_text(path), path)
 
 
 def check_rows(log: Log, path: str | Path, sigma: float | None) -> None:
-    """Refuse a log with a row that CERTIFY cannot have written, naming the file and the line.
-
-    ``correct`` is ``predict == label`` (an abstention, predict -1, is never correct); a
-    certified row has pA_lower >= 0.5 and radius sigma * Phi^-1(pA_lower) (checked when ``sigma``
-    is given), an abstention radius 0 and, unless skipped, pA_lower < 0.5; a ``skipped`` row
-    (stop_at_selection) is an abstention that drew no estimation sample (n = nA = 0). Logs
-    without labels have no ``correct`` to check.
-    """
+    """Refuse a row CERTIFY cannot have written, naming the file and line (radius: if ``sigma``)."""
     abstain, skipped = log["predict"] == -1, log["estimation"] == SKIPPED
     p_a, radius = log["pA_lower"], log["radius"]
     rules = []  # (rows that break the rule, what the rule is)
@@ -133,7 +120,7 @@ def check_rows(log: Log, path: str | Path, sigma: float | None) -> None:
     ]
     if sigma is not None:
         expected = sigma * norm.ppf(np.clip(p_a, 0.5, 1.0))
-        off = ~np.isclose(radius, expected, rtol=RADIUS_TOLERANCE, atol=RADIUS_TOLERANCE)
+        off = ~np.isclose(radius, expected, rtol=1e-6, atol=1e-6)  # another scipy's rounding
         rules.append((~abstain & off, f"radius must be sigma * Phi^-1(pA_lower), sigma = {sigma}"))
     broken = [(int(np.flatnonzero(rows)[0]), rule) for rows, rule in rules if rows.any()]
     if broken:
@@ -158,8 +145,6 @@ def open_log(path: Path, columns: Sequence[str] = LOG_COLUMNS) -> set[int]:
             csv.writer(f, **_DIALECT).writerow(columns)
         return set()
     text = _complete_text(path)
-    if not text:
-        raise ValueError(f"{path} has no complete header line; delete it to start over")
     log = _parse(text, path)
     _check_columns(log, path, columns)
     complete = len(text.encode())
@@ -192,26 +177,17 @@ def log_files(prefix: str | Path) -> list[Path]:
     return sorted(prefix.parent.glob(f"{glob.escape(prefix.name)}*.tsv"))
 
 
-def _without_time(row: tuple, columns: Sequence[str]) -> tuple:
-    at = columns.index("time")
-    return row[:at] + row[at + 1 :]
-
-
 def merge_logs(
     paths: Iterable[str | Path],
     out_path: str | Path | None = None,
     columns: Sequence[str] = LOG_COLUMNS,
     sigma: float | None = None,
 ) -> Log:
-    """Join the logs of shards into one, sorted by ``idx``; write it atomically to ``out_path`` if
-    given. ``columns``: the logs' header (``UNLABELLED_LOG_COLUMNS`` for images without labels);
-    ``sigma``: the noise level they were certified at (None: radii are not checked).
+    """Join the logs of shards into one, sorted by ``idx`` (written atomically to ``out_path`` if
+    given), after ``check_rows(log, path, sigma)`` on each; ``columns``: the logs' header.
 
-    Every row is checked first (``check_rows``).
-
-    A row repeated with the same certificate (every column but ``time`` equal, as two runs of the
-    same settings write it) is kept once. Refuses logs that disagree about an image, mix fixed and
-    sequential estimation, or were certified with different ``n_max``.
+    A row repeated with the same certificate (all columns but ``time``) is kept once. Refuses logs
+    that disagree about an image, mix fixed and sequential estimation or differ in ``n_max``.
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -222,14 +198,14 @@ def merge_logs(
         _check_columns(log, path, columns)
         check_rows(log, path, sigma)
         rows += zip(*(log[c].tolist() for c in columns), strict=True)
+    at = columns.index("time")
     kept: dict[int, tuple] = {}
     for row in sorted(rows, key=lambda row: row[0]):
         first = kept.setdefault(row[0], row)
-        if _without_time(first, columns) != _without_time(row, columns):
+        if (a := first[:at] + first[at + 1 :]) != (b := row[:at] + row[at + 1 :]):
             raise ValueError(
-                f"the logs {[str(p) for p in paths]} disagree about image idx {row[0]}: "
-                f"{_without_time(first, columns)} and {_without_time(row, columns)} (all columns "
-                "but time)"
+                f"the logs {[str(p) for p in paths]} disagree about image idx {row[0]}: {a} and "
+                f"{b} (all columns but time)"
             )
     merged = {c: np.array([row[i] for row in kept.values()]) for i, c in enumerate(columns)}
     kinds = set(merged["estimation"].tolist())
@@ -253,20 +229,16 @@ def merge_shard_logs(
     columns: Sequence[str] = LOG_COLUMNS,
     sigma: float | None = None,
 ) -> Log:
-    """The rows of the shards' images, sorted by ``idx``, from the logs at ``paths`` (joined as
-    ``merge_logs`` joins them; any split of the images over the logs will do).
-
-    :param paths: certification logs of one model and settings (none is allowed)
-    :param shards: the image indices of each shard (e.g. from ``shard_indices``)
-    :param columns: the logs' header
-    :param sigma: the noise level the logs were certified at (see ``check_rows``)
-    :raises IncompleteCertificationError: naming every shard whose images the logs lack
-    """
+    """The rows of the ``shards``' images (index collections, e.g. from ``shard_indices``), sorted
+    by ``idx``, from the logs at ``paths`` (any number, any split of the images over them), joined
+    as ``merge_logs`` joins them; an :class:`IncompleteCertificationError` names every shard whose
+    images they lack."""
     paths = list(paths)
-    if paths:
-        log = merge_logs(paths, columns=columns, sigma=sigma)
-    else:
-        log = {c: _column(c, []) for c in columns}
+    log = (
+        merge_logs(paths, columns=columns, sigma=sigma)
+        if paths
+        else {c: _column(c, []) for c in columns}
+    )
     done = set(log["idx"].tolist())
     lacking = [(i, len(set(shard) - done), len(shard)) for i, shard in enumerate(shards)]
     detail = [f"shard {i} lacks {m} of {size}" for i, m, size in lacking if m]
