@@ -65,7 +65,8 @@ def refusal(project: Path, *args: str) -> str:
         (["--env=test", "--pipelines=certfy"], r"no pipeline named 'certfy'; did you mean certify"),
         (
             ["--env=compare", "--pipelines=compare", "--params=compare.variant=dmea"],
-            r"finetune\.init: its interpolation names compare\.variants\.dmea\.init, but "
+            # the first of the keys that name the variant (which one: the config files' order)
+            r"[\w.]+: its interpolation names compare\.variants\.dmea\.\w+, but "
             r"compare\.variants has no key 'dmea' \(its keys: scratch, mae, dmae\); check the "
             r"values given with --params",
         ),
