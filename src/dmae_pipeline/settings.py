@@ -1,5 +1,6 @@
 """Kedro project settings: conf/base is the embedded default, other envs layer over it."""
 
+import os
 from importlib.metadata import entry_points
 
 from kedro.config import OmegaConfigLoader
@@ -15,6 +16,9 @@ from dmae_pipeline.hooks import (
     RunSummaryHook,
     TrackingHook,
 )
+
+# MLflow draws a progress bar for every artifact it downloads while publishing a model.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
