@@ -33,6 +33,7 @@ def bare_env(tracking_uri: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return {
         **env,
+        "PATH": f"{BIN}{os.pathsep}{env['PATH']}",  # mlflow starts the venv's uvicorn by name
         "MLFLOW_TRACKING_URI": tracking_uri,
         "OMP_NUM_THREADS": str(torch.get_num_threads()),
     }
@@ -93,7 +94,8 @@ def server(registered, tmp_path_factory) -> str:
                 time.sleep(0.5)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
