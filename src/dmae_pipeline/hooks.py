@@ -4,8 +4,6 @@ name and tag each MLflow run."""
 from __future__ import annotations
 
 import atexit
-import hashlib
-import json
 import logging
 import os
 import re
@@ -35,7 +33,7 @@ from pydantic import BaseModel
 from dmae_pipeline import distributed
 from dmae_pipeline.catalog import DistributedCatalog
 from dmae_pipeline.data import expected_spec
-from dmae_pipeline.io import LockedError, UserError, command_line, exclusive_lock
+from dmae_pipeline.io import LockedError, UserError, command_line, exclusive_lock, json_digest
 from dmae_pipeline.params import check_run
 
 logger = logging.getLogger(__name__)
@@ -255,7 +253,7 @@ def trained_params(block: str, checkpoint: Any) -> dict[str, Any]:
 
 def log_dataset(spec: dict[str, Any], path: Path, context: str) -> None:
     """The run's dataset as an MLflow input: its name, the digest of its spec (``path``)."""
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    digest = json_digest(spec)
     with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(str(path.resolve()))

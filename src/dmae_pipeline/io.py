@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
+import json
 import os
 import shlex
 import socket
@@ -64,6 +65,11 @@ def safe_torch_load(path: str | Path | IO[bytes], map_location: Any = "cpu") -> 
     except Exception as e:
         msg = f"{path} is not a readable torch file (corrupt, or holds code): {e}"
         raise ValueError(msg) from e
+
+
+def json_digest(value: Any) -> str:
+    """SHA-256 of a JSON value with its keys sorted (a dataset spec, say)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def state_digest(state: Mapping[str, Any]) -> str:

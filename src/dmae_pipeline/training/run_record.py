@@ -7,7 +7,6 @@ model, the data, the augmentation, the initial weights, the loss.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 
 from dmae_pipeline import distributed
-from dmae_pipeline.io import UserError, atomic_write, state_digest
+from dmae_pipeline.io import UserError, atomic_write, json_digest, state_digest
 from dmae_pipeline.training.checkpoint import LAST
 
 logger = logging.getLogger(__name__)
@@ -74,9 +73,8 @@ class DataMismatchError(UserError):
 def provenance(spec: Mapping[str, Any], init: Mapping[str, torch.Tensor] | None) -> dict[str, Any]:
     """What a checkpoint was trained on: the dataset spec's and its splits' digests, and the
     digest of its initial weights (None: from scratch)."""
-    text = json.dumps(spec, sort_keys=True)
     return {
-        "dataset_spec": hashlib.sha256(text.encode()).hexdigest(),
+        "dataset_spec": json_digest(spec),
         "splits": dict(spec["split_digests"]),
         "init_sha256": None if init is None else state_digest(init),
     }
