@@ -2,10 +2,11 @@
 processes (`python -c 'while True: pass'`, started before and stopped after each run).
 
 Without a command, each run is `kedro run --env=ENV` in a fresh temporary copy of the project
-(so that nothing resumes and nothing is written into data/ or mlflow.db). The environment is
+(so that nothing resumes and nothing is written into data/ or mlflow.db); with --nproc N,
+`torchrun --standalone --nproc_per_node=N -m kedro run --env=ENV` there. The environment is
 inherited: unset OMP_NUM_THREADS and OMP_WAIT_POLICY to measure the defaults.
 
-    python bench/bench_busy.py [--loads 0 2] [--env base] [--params KEY=VALUE,...]
+    python bench/bench_busy.py [--loads 0 2] [--env base] [--params KEY=VALUE,...] [--nproc 2]
     python bench/bench_busy.py --loads 0 2 -- python bench/bench_train.py --preset nano ...
 """
 
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--loads", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--env", default="base")
     parser.add_argument("--params", default=None, help="kedro run --params, e.g. a smaller run")
+    parser.add_argument("--nproc", type=int, default=1, help="N > 1: under torchrun, N processes")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ... instead of kedro")
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -52,7 +54,11 @@ def main() -> None:
                 cwd, run = Path.cwd(), command
             else:
                 cwd = copy_project(Path(tmp) / "project")
-                run = [str(Path(sys.executable).parent / "kedro"), "run", f"--env={args.env}"]
+                bin_dir = Path(sys.executable).parent
+                run = [str(bin_dir / "kedro"), "run", f"--env={args.env}"]
+                if args.nproc > 1:
+                    torchrun = [str(bin_dir / "torchrun"), "--standalone"]
+                    run = [*torchrun, f"--nproc_per_node={args.nproc}", "-m", "kedro", *run[1:]]
                 run += [f"--params={args.params}"] if args.params else []
             times[loads] = timed(run, cwd, loads, quiet=not command)
         ratio = f"  ({times[loads] / times[args.loads[0]]:.2f}x)" if len(times) > 1 else ""

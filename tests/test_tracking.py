@@ -65,6 +65,19 @@ def test_run_is_named_tagged_and_logs_flattened_parameters(kedro_project):
     assert {t.key: t.value for t in logged.tags}["mlflow.data.context"] == "prepared"
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["/venv/bin/kedro", "run", "--params=a=x y"], "kedro run '--params=a=x y'"),
+        (["python -m kedro", "run"], "python -m kedro run"),  # a torchrun worker's
+        (["/venv/bin/kedro"], "kedro"),
+    ],
+)
+def test_the_command_tag_reads_as_typed(monkeypatch, argv, expected):
+    monkeypatch.setattr(sys, "argv", argv)
+    assert command_line() == expected
+
+
 def test_the_default_chain_is_named_by_its_stages():
     bootstrap_project(PROJECT_ROOT)
     assert run_name(["__default__"], "local") == "data_prep..publish @ local"

@@ -88,8 +88,11 @@ class LockedError(UserError):
 
 
 def command_line() -> str:
-    """This process's command line as a user typed it (``kedro run --pipelines=certify``)."""
-    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "python"
+    """This process's command line as a user typed it (``kedro run --pipelines=certify``; under
+    torchrun, ``python -m kedro run``: Python names a module's program "python -m kedro")."""
+    if not sys.argv:
+        return "python"
+    return " ".join([Path(sys.argv[0]).name, shlex.join(sys.argv[1:])]).strip()
 
 
 def _holder() -> str:
