@@ -55,11 +55,12 @@ def main() -> None:
             else:
                 cwd = copy_project(Path(tmp) / "project")
                 bin_dir = Path(sys.executable).parent
-                run = [str(bin_dir / "kedro"), "run", f"--env={args.env}"]
+                kedro = [str(bin_dir / "kedro")]
                 if args.nproc > 1:
                     torchrun = [str(bin_dir / "torchrun"), "--standalone"]
-                    run = [*torchrun, f"--nproc_per_node={args.nproc}", "-m", "kedro", *run[1:]]
-                run += [f"--params={args.params}"] if args.params else []
+                    kedro = [*torchrun, f"--nproc_per_node={args.nproc}", "-m", "kedro"]
+                params = [f"--params={args.params}"] if args.params else []
+                run = [*kedro, "run", f"--env={args.env}", *params]
             times[loads] = timed(run, cwd, loads, quiet=not command)
         ratio = f"  ({times[loads] / times[args.loads[0]]:.2f}x)" if len(times) > 1 else ""
         print(f"{loads} busy processes: {times[loads]:7.1f} s{ratio}", flush=True)

@@ -1,6 +1,6 @@
 """What the data catalog is made of beyond Kedro's: its class, where rank 0 alone saves under
-torchrun, a dataset type for ``torch.save`` files (checkpoints, splits, state dicts) and folders
-of partitions that may be empty."""
+torchrun, a dataset type for ``torch.save`` files (checkpoints, splits, state dicts), folders
+of partitions that may be empty and MLflow metrics logged in one request."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DataCatalog, DatasetError, MemoryDataset
 from kedro_datasets.partitions import PartitionedDataset
+from kedro_mlflow.io.metrics import MlflowMetricsHistoryDataset
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.utils.time import get_current_time_millis
 
 from dmae_pipeline import distributed
 from dmae_pipeline.io import atomic_torch_save, safe_torch_load
@@ -70,3 +74,20 @@ class OptionalPartitionsDataset(PartitionedDataset):
 
     def load(self) -> dict[str, Any]:
         return super().load() if self._list_partitions() else {}
+
+
+class MlflowMetricsBatchDataset(MlflowMetricsHistoryDataset):
+    """kedro-mlflow's MlflowMetricsHistoryDataset (same data, names and prefix), saved in one
+    ``log_batch`` request instead of one request per value: the report's 1,300 values took 5 s
+    one by one against the SQLite store."""
+
+    def _save(self, data: dict[str, Any]) -> None:
+        if not self._logging_activated:
+            return
+        timestamp = get_current_time_millis()
+        metrics = [
+            Metric(key, value, timestamp, step)
+            for name, item in data.items()
+            for key, value, step in self._build_args_list_from_metric_item(name, item)
+        ]
+        MlflowClient().log_batch(self.run_id, metrics=metrics)

@@ -308,8 +308,8 @@ CURVE_METRIC = f"{MLFLOW_PREFIX}certified_accuracy_vs_radius_x100"
 
 
 def metric_histories(table: pd.DataFrame, curve: pd.DataFrame) -> dict[str, Any]:
-    """Metrics for an MLflow run, as kedro-mlflow's MlflowMetricsHistoryDataset takes them, every
-    name under ``report/``.
+    """Metrics for an MLflow run, in kedro-mlflow's metrics-history format (which
+    ``catalog.MlflowMetricsBatchDataset`` logs), every name under ``report/``.
 
     Scalars (step 0): ``report/certified_accuracy/sigma_0.25/r_0.50``,
     ``report/certified_accuracy/best/r_0.50``, each with its interval
