@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from unittest import mock
 
 import mlflow
 import pytest
@@ -18,10 +20,18 @@ METRICS = {
 
 
 @pytest.fixture
-def client(tmp_path, empty_mlflow_db, monkeypatch) -> mlflow.MlflowClient:
+def client(tmp_path, empty_mlflow_db):
+    """A client of a fresh tracking database, which the datasets' own clients also reach: the
+    tracking URI set in the process (it overrides the environment's), then set back."""
     shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return mlflow.MlflowClient()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
+    with mock.patch.dict(os.environ):  # set_tracking_uri exports the URI to the environment
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield mlflow.MlflowClient(uri)
+        finally:
+            mlflow.set_tracking_uri(previous)
 
 
 def histories(client: mlflow.MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
