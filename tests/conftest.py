@@ -10,9 +10,16 @@ import mlflow
 import pytest
 import torch
 
-from project_copy import PROJECT_ROOT, copy_project, env_parameters, flat, run_kedro
+from project_copy import (
+    PROJECT_ROOT,
+    copy_project,
+    env_parameters,
+    flat,
+    run_kedro,
+    tracking_to,
+)
 
-__all__ = ["PROJECT_ROOT", "copy_project", "env_parameters", "flat", "run_kedro"]
+__all__ = ["PROJECT_ROOT", "copy_project", "env_parameters", "flat", "run_kedro", "tracking_to"]
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +33,22 @@ def run_kedro(project: Path, pipelines: str = "__default__", env: str = "test", 
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env=env, runtime_params=params) as session:
         return session.run(pipeline_names=pipelines.split(","))
+
+
+@contextmanager
+def tracking_to(uri: str):
+    """MLflow's process-wide tracking URI set to ``uri``, then set back. It overrides
+    MLFLOW_TRACKING_URI, and clients made without a URI (the datasets', the fluent API's) follow
+    it; set_tracking_uri also exports the URI to the environment, which is restored too."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    with mock.patch.dict(os.environ):
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(previous)
 
 
 def env_parameters(env: str = "test") -> dict:

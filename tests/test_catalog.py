@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-from unittest import mock
 
 import mlflow
 import pytest
 from kedro_mlflow.io.metrics import MlflowMetricsHistoryDataset
 
+from conftest import tracking_to
 from dmae_pipeline.catalog import MlflowMetricsBatchDataset
 
 METRICS = {
@@ -25,13 +24,8 @@ def client(tmp_path, empty_mlflow_db):
     tracking URI set in the process (it overrides the environment's), then set back."""
     shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    previous = mlflow.get_tracking_uri()
-    with mock.patch.dict(os.environ):  # set_tracking_uri exports the URI to the environment
-        mlflow.set_tracking_uri(uri)
-        try:
-            yield mlflow.MlflowClient(uri)
-        finally:
-            mlflow.set_tracking_uri(previous)
+    with tracking_to(uri):
+        yield mlflow.MlflowClient(uri)
 
 
 def histories(client: mlflow.MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:

@@ -12,13 +12,13 @@ import time
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
-from unittest import mock
 
 import mlflow
 import pytest
 import torch
 
 from dmae_pipeline.serving import log_smoothed_classifier
+from project_copy import tracking_to
 from test_end_to_end import free_port
 
 from .tiny import DEFAULTS, LIMITS, RADII, SPEC, images, tiny_checkpoint
@@ -48,23 +48,17 @@ def registered(tmp_path_factory, empty_mlflow_db) -> SimpleNamespace:
     experiment = mlflow.MlflowClient(uri).create_experiment(
         "serving", artifact_location=(folder / "mlruns").as_uri()
     )
-    previous = mlflow.get_tracking_uri()
-    with mock.patch.dict(os.environ):  # set_tracking_uri exports the URI to the environment
-        mlflow.set_tracking_uri(uri)
-        try:
-            with mlflow.start_run(experiment_id=experiment) as run:
-                info = log_smoothed_classifier(
-                    tiny_checkpoint(),
-                    SPEC,
-                    DEFAULTS,
-                    LIMITS,
-                    images(1, seed=99),
-                    radii=RADII,
-                    name="sigma_0_25",
-                    registered_model_name=NAME,
-                )
-        finally:
-            mlflow.set_tracking_uri(previous)
+    with tracking_to(uri), mlflow.start_run(experiment_id=experiment) as run:
+        info = log_smoothed_classifier(
+            tiny_checkpoint(),
+            SPEC,
+            DEFAULTS,
+            LIMITS,
+            images(1, seed=99),
+            radii=RADII,
+            name="sigma_0_25",
+            registered_model_name=NAME,
+        )
     return SimpleNamespace(uri=uri, folder=folder, info=info, run_id=run.info.run_id)
 
 
